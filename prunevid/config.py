@@ -1,0 +1,137 @@
+"""PruneVidConfig: every knob of the three stages, validated, plus the named presets.
+
+Names follow the seed README (tau, cluster_ratio, temporal_segment_ratio, dpc_knn_k, keep_ratio, pruning_layer,
+...). Where the authors' code and a natural reading of the paper differ, the config offers both and defaults to
+the code's behaviour (see the README's "Method choices").
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+AGGREGATIONS = ("max", "mean")
+SAMPLINGS = ("uniform", "fps")
+GRANULARITIES = ("block", "global")  # block = official code (per segment / per group); global = one top-k
+
+
+@dataclass(frozen=True)
+class PruneVidConfig:
+    # Stage 1: spatial-temporal merging (question independent)
+    enable_stage1: bool = True
+    tau: float = 0.8                      # static if mean pairwise cosine similarity across a segment > tau
+    temporal_segment_ratio: float = 0.25  # gamma: temporal clusters = int(groups * gamma)
+    cluster_ratio: float = 0.5            # beta: spatial clusters = int(tokens * beta)
+    dpc_knn_k: int = 5                    # neighbours for DPC density (seed README: 5; authors' code: 7)
+    # Stage 2: question-guided selection at layer M
+    enable_stage2: bool = True
+    keep_ratio: float = 0.4               # alpha: fraction of video tokens kept after layer M
+    pruning_layer: int = 10               # M, 0-based; layers > M see only the kept tokens
+    attention_aggregation: str = "max"    # over query tokens and heads: max (paper) or mean (ablation)
+    selection_granularity: str = "block"  # block: floor(alpha*n) per static segment block / dynamic group block
+    score_with_rope: bool = False         # authors' code scores with q, k before RoPE and no causal mask
+    # Stage 3: KV-cache compression of layers 0..M
+    enable_cache_compression: bool = True
+    # Video input
+    max_frames: int = 16
+    video_sampling: str = "uniform"
+    sampling_fps: float = 2.0             # used when video_sampling == "fps"
+    max_pixels: int = 448 * 448           # per frame, before Qwen's 28-px grid rounding
+    max_video_tokens: int = 16384         # budget of merged vision tokens entering the LLM
+    # Reporting
+    verbose: bool = False
+    collect_stats: bool = True
+
+    def __post_init__(self):
+        def check(name, ok, valid):
+            if not ok:
+                raise ConfigError(f"{name} must be {valid}, got {getattr(self, name)!r}")
+
+        check("tau", 0.0 <= self.tau <= 1.0, "in [0, 1]")
+        check("temporal_segment_ratio", 0.0 < self.temporal_segment_ratio <= 1.0, "in (0, 1]")
+        check("cluster_ratio", 0.0 < self.cluster_ratio <= 1.0, "in (0, 1]")
+        check("dpc_knn_k", isinstance(self.dpc_knn_k, int) and 1 <= self.dpc_knn_k <= 64, "an integer in [1, 64]")
+        check("keep_ratio", 0.0 < self.keep_ratio <= 1.0, "in (0, 1]")
+        check("pruning_layer", isinstance(self.pruning_layer, int) and self.pruning_layer >= 0,
+              "an integer >= 0 (and below the model's layer count)")
+        check("attention_aggregation", self.attention_aggregation in AGGREGATIONS, f"one of {AGGREGATIONS}")
+        check("selection_granularity", self.selection_granularity in GRANULARITIES, f"one of {GRANULARITIES}")
+        check("max_frames", isinstance(self.max_frames, int) and 2 <= self.max_frames <= 1024,
+              "an integer in [2, 1024]")
+        check("video_sampling", self.video_sampling in SAMPLINGS, f"one of {SAMPLINGS}")
+        check("sampling_fps", 0.0 < self.sampling_fps <= 60.0, "in (0, 60]")
+        check("max_pixels", isinstance(self.max_pixels, int) and 4 * 28 * 28 <= self.max_pixels <= 16384 * 28 * 28,
+              f"an integer in [{4 * 28 * 28}, {16384 * 28 * 28}]")
+        check("max_video_tokens", isinstance(self.max_video_tokens, int) and self.max_video_tokens >= 1,
+              "an integer >= 1")
+
+    def replace(self, **changes) -> "PruneVidConfig":
+        """A copy with some fields changed (validated again)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown PruneVidConfig field(s): {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def prunes_in_llm(self) -> bool:
+        """Stage 2 changes the token count inside the LLM (keep_ratio 1.0 keeps everything)."""
+        return self.enable_stage2 and self.keep_ratio < 1.0
+
+
+# Presets. The seed's names run against intuition: "conservative" compresses MORE, "aggressive" LESS.
+# They are kept for the seed's users and explained in the README and in each workflow.
+def get_baseline_config(**overrides) -> PruneVidConfig:
+    """No pruning: all three stages off (the reference the others are compared with)."""
+    return PruneVidConfig(enable_stage1=False, enable_stage2=False, enable_cache_compression=False).replace(**overrides)
+
+
+def get_paper_config(**overrides) -> PruneVidConfig:
+    """The paper's recommended setting, with dpc_knn_k 7 as in the authors' code."""
+    return PruneVidConfig(tau=0.8, cluster_ratio=0.5, temporal_segment_ratio=0.25, dpc_knn_k=7, keep_ratio=0.4,
+                          pruning_layer=10, attention_aggregation="max").replace(**overrides)
+
+
+def get_conservative_config(**overrides) -> PruneVidConfig:
+    """HIGH compression (seed naming): fewer tokens, faster, accuracy slightly lower."""
+    return get_paper_config(keep_ratio=0.3, cluster_ratio=0.4, tau=0.75).replace(**overrides)
+
+
+def get_aggressive_config(**overrides) -> PruneVidConfig:
+    """LOW compression (seed naming): more tokens kept, more accurate, medium speed."""
+    return get_paper_config(keep_ratio=0.6, cluster_ratio=0.7, tau=0.9).replace(**overrides)
+
+
+def get_stage1_only_config(**overrides) -> PruneVidConfig:
+    """Ablation: spatial-temporal merging only."""
+    return get_paper_config(enable_stage2=False, enable_cache_compression=False).replace(**overrides)
+
+
+def get_stage2_only_config(**overrides) -> PruneVidConfig:
+    """Ablation: attention selection and cache compression on the unmerged tokens."""
+    return get_paper_config(enable_stage1=False).replace(**overrides)
+
+
+def get_no_cache_compression_config(**overrides) -> PruneVidConfig:
+    """Ablation: Stages 1 and 2, but layers 0..M keep their full KV cache."""
+    return get_paper_config(enable_cache_compression=False).replace(**overrides)
+
+
+PRESETS = {
+    "baseline": get_baseline_config,
+    "paper": get_paper_config,
+    "conservative": get_conservative_config,
+    "aggressive": get_aggressive_config,
+    "stage1_only": get_stage1_only_config,
+    "stage2_only": get_stage2_only_config,
+    "no_cache_compression": get_no_cache_compression_config,
+}
+
+
+def get_preset(name: str, **overrides) -> PruneVidConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name](**overrides)

@@ -1,0 +1,179 @@
+"""Stage 1: spatial-temporal token merging (question independent).
+
+Unit of time = one Qwen temporal group (2 raw frames -> one grid slice of h*w merged vision tokens).
+1. temporal segmentation: DPC-KNN on per-group mean features, made contiguous;
+2. per segment, locations whose features stay put (mean pairwise cosine similarity > tau) are static;
+3. static locations: averaged over the segment's groups, then spatially clustered;
+4. dynamic locations: spatially clustered per group (every group keeps the same count);
+5. order per segment: the static block, then each group's dynamic block.
+Every merged token remembers a representative original token (the DPC centre) whose unpruned 3-D position it
+takes, and every original token remembers the merged token that stands for it (provenance).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .dpc_knn import dpc_knn, merge_clusters
+
+MIN_TOKENS_TO_CLUSTER = 15  # groups of <= 14 tokens are not clustered (authors' rule)
+
+
+@dataclass
+class MergedTokens:
+    """The video tokens that enter the LLM, and how they relate to the unpruned ones.
+
+    Original tokens are numbered in the vision tower's order: index = group * (h * w) + row * w + col.
+    """
+    embeds: torch.Tensor      # [N1, D] merged token features
+    rep_index: torch.Tensor   # [N1] long: original index of each merged token's representative
+    block: torch.Tensor       # [N1] long: selection block (a segment's static block or one group's dynamic block)
+    is_static: torch.Tensor   # [N1] bool
+    members: torch.Tensor     # [N0] long: for each original token, the merged token that stands for it
+    segments: list            # [(first_group, end_group)] half-open group ranges
+    static_locations: int     # number of (segment, location) pairs found static, weighted by segment length
+    original_tokens: int      # N0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.embeds.shape[0]
+
+    @property
+    def static_ratio(self) -> float:
+        return self.static_locations / max(1, self.original_tokens)
+
+
+def segment_groups(group_feats: torch.Tensor, ratio: float, k: int) -> list[tuple[int, int]]:
+    """Split G temporal groups into contiguous segments.
+
+    group_feats: [G, C] mean feature of each group. DPC-KNN with int(G * ratio) clusters (>= 1) labels the
+    groups; each label keeps its longest run(s) (a label whose longest run is 1 is dissolved); the other runs
+    are unassigned, and each stretch of unassigned groups joins the longer neighbouring kept run (ties go left).
+    Returns half-open ranges covering 0..G in order; each is >= 2 groups long when G >= 2.
+    """
+    G = group_feats.shape[0]
+    if G < 2:
+        return [(0, G)]
+    labels, _ = dpc_knn(group_feats[None], max(1, int(G * ratio)), k)
+    labels = labels[0].tolist()
+
+    runs = []  # [label, start, end]
+    for g, lab in enumerate(labels):
+        if runs and runs[-1][0] == lab:
+            runs[-1][2] = g + 1
+        else:
+            runs.append([lab, g, g + 1])
+    longest = {}
+    for lab, s, e in runs:
+        longest[lab] = max(longest.get(lab, 0), e - s)
+    kept = [(s, e) for lab, s, e in runs if e - s == longest[lab] and e - s >= 2]
+    if not kept:
+        return [(0, G)]
+
+    segments = [list(r) for r in kept]
+    # unassigned stretches: before the first kept run, between kept runs, after the last one
+    for i in range(len(segments) + 1):
+        lo = segments[i - 1][1] if i > 0 else 0
+        hi = segments[i][0] if i < len(segments) else G
+        if lo == hi:
+            continue
+        left = segments[i - 1] if i > 0 else None
+        right = segments[i] if i < len(segments) else None
+        if right is None or (left is not None and left[1] - left[0] >= right[1] - right[0]):
+            left[1] = hi
+        else:
+            right[0] = lo
+    return [tuple(s) for s in segments]
+
+
+def static_mask(groups: torch.Tensor, tau: float) -> torch.Tensor:
+    """Locations whose features stay put across a segment.
+
+    groups: [g, n, C] merged vision tokens of one segment (g temporal groups, n locations).
+    Returns a bool [n] mask: mean cosine similarity over ordered pairs of distinct groups > tau.
+    A segment of one group has no static location.
+    """
+    g = groups.shape[0]
+    if g < 2:
+        return torch.zeros(groups.shape[1], dtype=torch.bool, device=groups.device)
+    u = F.normalize(groups.float(), dim=-1)
+    # sum over i != j of <u_i, u_j> = |sum_i u_i|^2 - sum_i |u_i|^2, without a [n, g, g] tensor
+    pair_sum = u.sum(0).pow(2).sum(-1) - u.pow(2).sum(-1).sum(0)
+    return pair_sum / (g * (g - 1)) > tau
+
+
+def _cluster(x: torch.Tensor, ratio: float, k: int):
+    """Spatial DPC-KNN merge of each row of x [B, n, C] (n tokens) when n is large enough.
+
+    Returns (merged [B, K, C], labels [B, n], centres [B, K]).
+    """
+    B, n, _ = x.shape
+    if n < MIN_TOKENS_TO_CLUSTER:
+        ar = torch.arange(n, device=x.device).expand(B, n)
+        return x, ar, ar
+    num = max(1, int(n * ratio))
+    labels, centres = dpc_knn(x, num, k)
+    return merge_clusters(x, labels, num), labels, centres
+
+
+def merge_video(feats: torch.Tensor, tau: float, cluster_ratio: float, temporal_segment_ratio: float,
+                k: int) -> MergedTokens:
+    """Run Stage 1 on one video (or one image: G = 1 gets only the spatial merge).
+
+    feats: [G, n, D] vision-tower output, G temporal groups of n = h * w tokens in raster order.
+    """
+    G, n, D = feats.shape
+    dev = feats.device
+    segments = segment_groups(feats.float().mean(1), temporal_segment_ratio, k)
+
+    embeds, rep, block, is_static = [], [], [], []
+    members = torch.empty(G * n, dtype=torch.long, device=dev)
+    count, num_blocks, static_locations = 0, 0, 0
+
+    def emit(tokens, rep_idx, static):
+        nonlocal count, num_blocks
+        embeds.append(tokens)
+        rep.append(rep_idx)
+        block.append(torch.full((tokens.shape[0],), num_blocks, dtype=torch.long, device=dev))
+        is_static.append(torch.full((tokens.shape[0],), static, dtype=torch.bool, device=dev))
+        num_blocks += 1
+        start = count
+        count += tokens.shape[0]
+        return start
+
+    for s, e in segments:
+        seg = feats[s:e]                                                   # [g, n, D]
+        g = e - s
+        mask = static_mask(seg, tau)
+        static_loc = mask.nonzero().squeeze(1)
+        dynamic_loc = (~mask).nonzero().squeeze(1)
+        group_ids = torch.arange(s, e, device=dev)
+
+        if static_loc.numel():
+            static_locations += g * static_loc.numel()
+            merged, labels, centres = _cluster(seg[:, static_loc].mean(0, keepdim=True), cluster_ratio, k)
+            start = emit(merged[0], s * n + static_loc[centres[0]], True)
+            # every group's copy of a static location is stood for by the same merged token
+            members[(group_ids[:, None] * n + static_loc[None, :]).flatten()] = (start + labels[0]).repeat(g)
+
+        if dynamic_loc.numel():
+            merged, labels, centres = _cluster(seg[:, dynamic_loc], cluster_ratio, k)   # batched over groups
+            for i in range(g):
+                start = emit(merged[i], (s + i) * n + dynamic_loc[centres[i]], False)
+                members[(s + i) * n + dynamic_loc] = start + labels[i]
+
+    return MergedTokens(
+        embeds=torch.cat(embeds), rep_index=torch.cat(rep), block=torch.cat(block), is_static=torch.cat(is_static),
+        members=members, segments=segments, static_locations=static_locations, original_tokens=G * n)
+
+
+def unmerged(feats: torch.Tensor) -> MergedTokens:
+    """Stage 1 switched off: every original token is its own merged token, one selection block per group."""
+    G, n, D = feats.shape
+    ar = torch.arange(G * n, device=feats.device)
+    return MergedTokens(
+        embeds=feats.reshape(G * n, D), rep_index=ar, block=ar // n,
+        is_static=torch.zeros(G * n, dtype=torch.bool, device=feats.device), members=ar,
+        segments=[(g, g + 1) for g in range(G)], static_locations=0, original_tokens=G * n)

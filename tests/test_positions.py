@@ -1,0 +1,72 @@
+"""The original Qwen2.5-VL 3-D position rule, on every transformers version."""
+import types
+
+import pytest
+import torch
+import transformers
+
+from prunevid import positions as P
+
+
+def test_hand_computed_video_layout():
+    # 3 text tokens, a video of 3 groups x 2 x 2 at 0.5 s per group (4 fps sampled), 2 text tokens
+    pos, delta = P.layout([("text", 3), ("vision", (3, 2, 2), 0.5, 2), ("text", 2)])
+    t = pos[0, 3:15].view(3, 4)[:, 0].tolist()
+    assert t == [3, 4, 5]                               # floor(g * 0.5 * 2) = g
+    assert pos[1, 3:15].view(3, 4).tolist() == [[3, 3, 4, 4]] * 3
+    assert pos[2, 3:15].view(3, 4).tolist() == [[3, 4, 3, 4]] * 3
+    assert pos[:, 15].tolist() == [6, 6, 6]             # max(video positions) + 1, not start + max(h, w)
+    assert delta == 7 + 1 - 17
+
+
+def test_fractional_seconds_per_group_stay_fractional_until_the_floor():
+    # 0.75 s per group, 2 tokens per second: 1.5 per group -> floor gives 0, 1, 3, 4, 6
+    pos = P.vision_positions(0, (5, 1, 1), 0.75, 2)
+    assert pos[0].tolist() == [0, 1, 3, 4, 6]
+
+
+def test_text_after_long_video_starts_after_its_timeline():
+    # the transformers 5.x bug: 16 groups of 4x4 at 1 s per group -> temporal ids to 30 + start
+    pos, _ = P.layout([("text", 5), ("vision", (16, 4, 4), 1.0, 2), ("text", 3)])
+    video = pos[:, 5:5 + 256]
+    assert int(video[0].max()) == 5 + 30
+    assert pos[:, 5 + 256].tolist() == [36, 36, 36]
+
+
+def test_images_use_one_temporal_position_and_chain():
+    pos, _ = P.layout([("text", 2), ("vision", (1, 2, 3), 0.0, 2), ("text", 2), ("vision", (1, 2, 2), 0.0, 2)])
+    assert pos[0, 2:8].unique().tolist() == [2]
+    assert pos[:, 8].tolist() == [5, 5, 5]              # after the first image: max(2 + 2) + 1
+    assert pos[0, 10:14].unique().tolist() == [7]
+
+
+def test_mrope_tables_match_per_axis_rope():
+    inv = 1.0 / (10000 ** (torch.arange(0, 16, 2).float() / 16))
+    section = [2, 3, 3]
+    positions = torch.tensor([[5, 6], [7, 8], [9, 10]])
+    cos, sin = P.mrope_cos_sin(positions, inv, section, torch.float32)
+    axis = [0, 0, 1, 1, 1, 2, 2, 2]                      # which axis drives each frequency
+    for j, a in enumerate(axis):
+        assert torch.allclose(cos[:, j], torch.cos(positions[a].float() * inv[j]))
+        assert torch.allclose(sin[:, j + 8], torch.sin(positions[a].float() * inv[j]))
+
+
+@pytest.mark.skipif(not transformers.__version__.startswith("4."),
+                    reason="transformers 4.57's get_rope_index is the reference; 5.x misplaces text after video")
+def test_matches_transformers_457_get_rope_index():
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+    cfg = Qwen2_5_VLConfig(vision_start_token_id=90, image_token_id=91, video_token_id=92)
+    cfg.vision_config.tokens_per_second = 2
+    fake = types.SimpleNamespace(config=cfg)
+    for sec in (1.0, 2.0):                               # 4.57 truncates fractional seconds: compare integers
+        t, h, w = 6, 4, 6
+        ids = [1] * 7 + [90] + [92] * (t * h * w // 4) + [93] + [1] * 9 + [90] + [91] * (h * w // 4) + [93, 1, 1]
+        ids = torch.tensor([ids])
+        ref, ref_delta = Qwen2_5_VLModel.get_rope_index(
+            fake, ids, image_grid_thw=torch.tensor([[1, h, w]]), video_grid_thw=torch.tensor([[t, h, w]]),
+            second_per_grid_ts=torch.tensor([sec]))
+        ours, delta = P.layout([("text", 8), ("vision", (t, h // 2, w // 2), sec, 2), ("text", 11),
+                                ("vision", (1, h // 2, w // 2), 0.0, 2), ("text", 3)])
+        assert torch.equal(ours, ref[:, 0])
+        assert delta == int(ref_delta)
