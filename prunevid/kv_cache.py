@@ -1,0 +1,63 @@
+"""A minimal per-layer KV cache that the decoder layers write into.
+
+Qwen2.5-VL's attention only calls `past_key_values.update(k, v, layer_idx, ...)`, on every transformers version,
+so owning the cache keeps the engine version independent and makes Stage 3 a plain slice. Decoding never
+writes into a cache it was handed: `fork()` gives a new cache whose buffers have room for the new tokens, so a
+cached prefill (ComfyUI shares node outputs) can be decoded from any number of times.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(self, num_layers: int):
+        self.keys: list = [None] * num_layers     # each [B, KV heads, length, head_dim]
+        self.values: list = [None] * num_layers
+        self.lengths = [0] * num_layers           # valid length of each layer (buffers may be longer)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, cache_kwargs=None):
+        """Append k, v [B, KV, n, hd] to layer `layer_idx`; return that layer's keys and values so far."""
+        n, used = k.shape[2], self.lengths[layer_idx]
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if keys is None:
+            keys, values = k, v
+        elif keys.shape[2] >= used + n:           # room in a preallocated buffer: write in place
+            keys[:, :, used:used + n] = k
+            values[:, :, used:used + n] = v
+        else:
+            keys = torch.cat([keys[:, :, :used], k], dim=2)
+            values = torch.cat([values[:, :, :used], v], dim=2)
+        self.keys[layer_idx], self.values[layer_idx] = keys, values
+        self.lengths[layer_idx] = used + n
+        return keys[:, :, :used + n], values[:, :, :used + n]
+
+    def sliced(self, layers: range, index: torch.Tensor) -> "KVCache":
+        """A cache holding only the sequence positions `index` [n] in `layers`, sharing the other layers."""
+        new = KVCache(len(self.keys))
+        new.keys, new.values, new.lengths = list(self.keys), list(self.values), list(self.lengths)
+        for i in layers:
+            n = self.lengths[i]
+            new.keys[i] = self.keys[i][:, :, :n][:, :, index]
+            new.values[i] = self.values[i][:, :, :n][:, :, index]
+            new.lengths[i] = index.numel()
+        return new
+
+    def fork(self, extra: int) -> "KVCache":
+        """A copy with room for `extra` more tokens per layer; this cache is left untouched."""
+        new = KVCache(len(self.keys))
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            n = self.lengths[i]
+            shape = (k.shape[0], k.shape[1], n + extra, k.shape[3])
+            new.keys[i] = k.new_empty(shape)
+            new.values[i] = v.new_empty(shape)
+            new.keys[i][:, :, :n] = k[:, :, :n]
+            new.values[i][:, :, :n] = v[:, :, :n]
+            new.lengths[i] = n
+        return new
+
+    def nbytes(self) -> int:
+        return sum(2 * k[:, :, :n].numel() * k.element_size() for k, n in zip(self.keys, self.lengths))
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.lengths[layer_idx]

@@ -1,0 +1,80 @@
+"""PruneVidQwen25VL: the seed-compatible high-level API.
+
+    model = PruneVidQwen25VL(model_path="Qwen/Qwen2.5-VL-7B-Instruct", config=get_paper_config())
+    out = model.generate(video_path="clip.mp4", question="What happens?", return_stats=True)
+    out["answer"], out["stats"]["stage1"]["compressed_tokens"], ...
+"""
+from __future__ import annotations
+
+import time
+
+from . import engine, qwen, stage3, video
+from .config import PruneVidConfig, get_paper_config
+from .errors import InputError
+
+
+class PruneVidQwen25VL:
+    def __init__(self, model_path: str, config: PruneVidConfig | None = None, device: str = "auto",
+                 dtype: str = "auto", attention: str = "sdpa"):
+        self.config = config or get_paper_config()
+        self.model = qwen.load(model_path, dtype=dtype, device=device, attention=attention)
+
+    def load_video(self, video_path: str) -> video.Clip:
+        c = self.config
+        return video.load_video(video_path, max_frames=c.max_frames, sampling=c.video_sampling,
+                                fps=c.sampling_fps, max_pixels=c.max_pixels)
+
+    def encode(self, video_path: str | None = None, images: list | None = None, progress=None) -> engine.Encoded:
+        """Question-independent work (decode, vision tower, Stage 1): reuse it for several questions."""
+        if (video_path is None) == (images is None):
+            raise InputError("give exactly one of video_path or images")
+        visual = self.load_video(video_path) if video_path is not None else \
+            video.load_images(images, max_pixels=self.config.max_pixels)
+        return engine.encode(self.model, visual, self.config, progress)
+
+    def answer(self, encoded: engine.Encoded, question: str, max_new_tokens: int = 128,
+               system_prompt: str = engine.DEFAULT_SYSTEM_PROMPT, on_text=None, progress=None, **sampling) -> dict:
+        """Prefill + Stage 3 + decoding for one question about already-encoded visual input."""
+        params = engine.SamplingParams(max_new_tokens=max_new_tokens, **sampling)
+        pf = engine.prefill(encoded, question, self.config, system_prompt, progress=progress)
+        if self.config.enable_cache_compression:
+            pf = stage3.compress(pf)
+        out = engine.generate(pf, params, on_text=on_text)
+        stats = dict(pf.stats)
+        t = stats["timings"] = {**pf.stats["timings"], **out["stats"]}
+        # first question pays for the vision tower and Stage 1; a further question about the same encoding does not
+        t["time_to_first_token_s"] = t["vision_s"] + t["stage1_s"] + t["prefill_s"] + t["first_token_s"]
+        t["time_to_first_token_reused_s"] = t["prefill_s"] + t["first_token_s"]
+        return {"answer": out["text"], "ids": out["ids"], "stats": stats}
+
+    def generate(self, video_path: str | None = None, question: str = "", images: list | None = None,
+                 max_new_tokens: int = 128, return_stats: bool = False, on_text=None, **sampling):
+        """Answer `question` about a video (or images). Returns {"answer", "stats"} or just the answer string."""
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("question is empty: ask something about the video")
+        t0 = time.perf_counter()
+        encoded = self.encode(video_path=video_path, images=images)
+        out = self.answer(encoded, question, max_new_tokens, on_text=on_text, **sampling)
+        out["stats"]["timings"]["end_to_end_s"] = time.perf_counter() - t0
+        if self.config.verbose:
+            print(format_stats(out["stats"]))
+        return {"answer": out["answer"], "stats": out["stats"]} if return_stats else out["answer"]
+
+
+def format_stats(stats: dict) -> str:
+    """A short human-readable summary of the stats dictionary."""
+    s1, s2, s3, t = stats["stage1"], stats["stage2"], stats["stage3"], stats["timings"]
+    lines = [
+        f"Stage 1: {s1['original_tokens']} -> {s1['compressed_tokens']} video tokens "
+        f"({s1['reduction_percentage']:.1f}% fewer, {s1['segments']} segments, static {100 * s1['static_ratio']:.1f}%)"
+        if s1["enabled"] else f"Stage 1: off ({s1['original_tokens']} video tokens)",
+        f"Stage 2: {s2['original_tokens']} -> {s2['compressed_tokens']} video tokens after layer {s2['pruning_layer']}"
+        if s2["enabled"] else "Stage 2: off",
+        f"Stage 3: KV cache {s3['kv_bytes_before'] / 2**20:.2f} MiB -> {s3['kv_bytes_after'] / 2**20:.2f} MiB"
+        if s3["enabled"] else f"Stage 3: off (KV cache {s3['kv_bytes_after'] / 2**20:.2f} MiB)",
+        f"Video tokens kept: {100 * stats['tokens']['retention']:.1f}%; LLM prefill FLOPs vs unpruned: "
+        f"{stats['flops']['this_model_ratio']:.3f}x (Qwen2.5-VL-7B shape: {stats['flops']['Qwen2.5-VL-7B_ratio']:.3f}x)",
+        f"Time: vision {t['vision_s']:.2f}s, stage 1 {t['stage1_s']:.2f}s, prefill {t['prefill_s']:.2f}s, "
+        f"first token {t.get('time_to_first_token_s', 0):.2f}s, decode {t.get('tokens_per_s', 0):.1f} tok/s",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,220 @@
+"""Loading Qwen2.5-VL, and every call whose shape differs between transformers 4.57.x and 5.x.
+
+The engine calls transformers' own modules (embeddings, vision tower, rotary embedding, decoder layers, norm,
+lm_head) through the functions here; nothing else in the library looks at the transformers version.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ModelError
+
+SUPPORTED_TRANSFORMERS = ">=4.57,<6"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)   # Qwen2.5-VL's processor defaults
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class QwenModel:
+    """A loaded checkpoint: the transformers model, its tokenizer and what the engine needs to know."""
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    image_mean: tuple
+    image_std: tuple
+    eos_token_ids: list
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def language_model(self):
+        return self.model.model.language_model
+
+    @property
+    def layers(self):
+        return self.language_model.layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def text_config(self):
+        return getattr(self.config, "text_config", self.config)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return float(getattr(self.config.vision_config, "tokens_per_second", 2))
+
+    @property
+    def spatial_merge_size(self) -> int:
+        return int(self.config.vision_config.spatial_merge_size)
+
+    @property
+    def mrope_section(self) -> list:
+        tc = self.text_config
+        rope = getattr(tc, "rope_parameters", None) or getattr(tc, "rope_scaling", None) or {}
+        return list(rope.get("mrope_section", [16, 24, 24]))
+
+    def token_id(self, token: str) -> int:
+        tid = self.tokenizer.convert_tokens_to_ids(token)
+        if tid is None or tid == self.tokenizer.unk_token_id:
+            raise ModelError(f"the tokenizer of {self.name} has no {token} token: is it a Qwen2.5-VL tokenizer?")
+        return tid
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise ModelError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} was asked for but CUDA is not available; use device='auto' or 'cpu'")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """auto = bf16 on CUDA with bf16 support, fp16 on other CUDA / MPS, fp32 on CPU."""
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16 if device.type == "mps" else torch.float32
+    if dtype not in table:
+        raise ModelError(f"dtype must be one of auto, bf16, fp16, fp32, got {dtype!r}")
+    return table[dtype]
+
+
+def resolve_attention(attention: str = "sdpa") -> str:
+    """sdpa everywhere; flash_attention_2 only when the package is installed (else sdpa, silently safe)."""
+    if attention in ("flash_attention_2", "auto"):
+        try:
+            import flash_attn  # noqa: F401
+            return "flash_attention_2"
+        except ImportError:
+            return "sdpa"
+    if attention not in ("sdpa", "eager"):
+        raise ModelError(f"attention must be sdpa, flash_attention_2, eager or auto, got {attention!r}")
+    return attention
+
+
+def _check_local_folder(path: Path) -> None:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"{path} is not a model folder: it has no config.json")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{config_file} cannot be read as JSON: {e}") from e
+    if model_type != "qwen2_5_vl":
+        raise ModelError(f"{path} is not a Qwen2.5-VL checkpoint: config.json has model_type {model_type!r} "
+                         "(expected 'qwen2_5_vl')")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ModelError(f"{path} has a Qwen2.5-VL config.json but no weights (*.safetensors or *.bin)")
+
+
+def _read_processor_stats(source: str) -> tuple:
+    """image_mean / image_std from preprocessor_config.json (local folder or hub cache); Qwen defaults if absent."""
+    from transformers.utils import cached_file
+    try:
+        path = cached_file(source, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+    except Exception:
+        path = None
+    if not path:
+        return CLIP_MEAN, CLIP_STD
+    cfg = json.loads(Path(path).read_text())
+    return tuple(cfg.get("image_mean", CLIP_MEAN)), tuple(cfg.get("image_std", CLIP_STD))
+
+
+def load(model_path: str, dtype: str = "auto", device: str = "auto", attention: str = "sdpa") -> QwenModel:
+    """Load a Qwen2.5-VL checkpoint from a local folder or a hub id (hub only if it is reachable or cached)."""
+    import transformers
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    attn = resolve_attention(attention)
+    local = Path(os.path.expanduser(str(model_path)))
+    if local.exists():
+        if not local.is_dir():
+            raise ModelError(f"{local} is a file; point model_path at the checkpoint folder that holds config.json")
+        _check_local_folder(local)
+        source = str(local)
+    else:
+        looks_like_hub_id = str(model_path).count("/") == 1 and not str(model_path).startswith((".", "/", "~"))
+        if not looks_like_hub_id:
+            raise ModelError(f"model folder {model_path} does not exist (nor is it a hub id like 'Qwen/Qwen2.5-VL-7B-Instruct')")
+        source = str(model_path)
+
+    dtype_kwarg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    try:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            source, **{dtype_kwarg: torch_dtype}, attn_implementation=attn)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except ModelError:
+        raise
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load Qwen2.5-VL from {source!r}: {e}. A hub id needs network access or a "
+                         "copy in the Hugging Face cache; otherwise download the model into a local folder.") from e
+    if getattr(model.config, "model_type", None) != "qwen2_5_vl":
+        raise ModelError(f"{source} is not a Qwen2.5-VL checkpoint (model_type {model.config.model_type!r})")
+    model.to(dev).eval()
+
+    mean, std = _read_processor_stats(source)
+    eos = []
+    for cfg in (getattr(model, "generation_config", None), model.config):
+        ids = getattr(cfg, "eos_token_id", None)
+        eos += ids if isinstance(ids, list) else ([ids] if ids is not None else [])
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if im_end is not None:
+        eos.append(im_end)
+    return QwenModel(model=model, tokenizer=tokenizer, name=source, image_mean=mean, image_std=std,
+                     eos_token_ids=sorted(set(eos)))
+
+
+# ---- version adapter: the only calls whose signature or return differs between 4.57 and 5.x ----
+
+def vision_features(qm: QwenModel, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    """Run the vision tower (with its 2x2 merger). pixel_values [P, C*2*14*14], grid_thw [1, 3] long.
+
+    Returns [t * h/2 * w/2, D] in raster order (group, row, col).
+    """
+    visual = qm.model.model.visual
+    out = visual(pixel_values.to(qm.device, visual.dtype), grid_thw=grid_thw.to(qm.device))
+    return out if isinstance(out, torch.Tensor) else out.pooler_output      # 4.57: tensor; 5.x: output object
+
+
+def rotary(qm: QwenModel, hidden: torch.Tensor, positions: torch.Tensor):
+    """The decoder layers' (cos, sin) for 3-D positions [3, L] (batch 1), in whatever layout this version uses."""
+    return qm.language_model.rotary_emb(hidden, positions[:, None, :].to(hidden.device))
+
+
+def decoder_layer(layer, hidden: torch.Tensor, position_embeddings, cache) -> torch.Tensor:
+    """One decoder layer on hidden [1, n, D], appending its keys/values to `cache`.
+
+    attention_mask=None with batch 1 and no padding lets SDPA take its causal path (prefill) or attend to the
+    whole cache (decoding, n = 1).
+    """
+    out = layer(hidden, attention_mask=None, position_embeddings=position_embeddings, past_key_values=cache,
+                use_cache=True)
+    return out[0] if isinstance(out, tuple) else out                        # 4.57: tuple; 5.x: tensor

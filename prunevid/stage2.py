@@ -1,0 +1,78 @@
+"""Stage 2: question-guided selection of video tokens with layer M's attention.
+
+Only the question rows of layer M's attention are computed (queries = every token after the last video token):
+q for those rows, k for all rows, a softmax over all keys, then the video columns aggregated over query tokens
+and heads. The full L x L matrix is never built and the decoder layers keep running on SDPA.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .positions import rotate
+
+
+@torch.no_grad()
+def question_attention(layer, hidden: torch.Tensor, query_start: int, video_cols: torch.Tensor,
+                       aggregation: str = "max", rope: tuple | None = None) -> torch.Tensor:
+    """How much the question attends to each video token at this decoder layer.
+
+    layer: a Qwen2.5-VL decoder layer (its input_layernorm and self_attn projections are used).
+    hidden: [L, D] the layer's input hidden states. query_start: first query row (question + template tail).
+    video_cols: [N] long, sequence indices of the video tokens.
+    aggregation: "max" (over heads and query tokens, the paper's max-max) or "mean".
+    rope: None scores with q, k before RoPE and no causal mask (the authors' code); (cos, sin), each
+    [L, head_dim], scores ordinary causal attention with RoPE (the paper's wording).
+    Returns [N] float32 scores. Peak extra memory is one KV head's [groups * queries, L] block.
+    """
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden[None])[0]                             # [L, D]
+    L = x.shape[0]
+    hd = attn.head_dim
+    q = attn.q_proj(x[query_start:]).view(L - query_start, -1, hd).transpose(0, 1)   # [H, Q, hd]
+    k = attn.k_proj(x).view(L, -1, hd).transpose(0, 1)                               # [KV, L, hd]
+    if rope is not None:
+        cos, sin = rope
+        q, k = rotate(q, cos[query_start:], sin[query_start:]), rotate(k, cos, sin)
+    kv_heads, Q = k.shape[0], q.shape[1]
+    q = q.reshape(kv_heads, -1, hd)              # query heads sharing a KV head are contiguous: [KV, G*Q, hd]
+
+    mask = None
+    if rope is not None:  # causal: query row i (absolute query_start + i) sees keys <= its own index
+        rows = torch.arange(query_start, L, device=x.device).repeat(q.shape[1] // Q)
+        mask = torch.arange(L, device=x.device)[None, :] > rows[:, None]
+
+    out = None
+    for h in range(kv_heads):                    # one KV head at a time bounds the peak memory
+        logits = (q[h].float() @ k[h].float().T) / math.sqrt(hd)          # [G*Q, L]
+        if mask is not None:
+            logits.masked_fill_(mask, float("-inf"))
+        probs = logits.softmax(dim=-1)[:, video_cols]                     # [G*Q, N]
+        part = probs.amax(0) if aggregation == "max" else probs.sum(0)
+        out = part if out is None else (torch.maximum(out, part) if aggregation == "max" else out + part)
+    return out if aggregation == "max" else out / (q.shape[0] * q.shape[1])
+
+
+def select(scores: torch.Tensor, block: torch.Tensor, keep_ratio: float, granularity: str = "block") -> torch.Tensor:
+    """Indices (ascending, so order is preserved) of the video tokens to keep.
+
+    scores, block: [N]. granularity "block" keeps floor(keep_ratio * n_b) of each block b (a segment's static
+    block or one group's dynamic block, as in the authors' code); "global" keeps the top ceil(keep_ratio * N).
+    At least one token is always kept.
+    """
+    N = scores.shape[0]
+    if granularity == "global":
+        keep = scores.topk(max(1, math.ceil(keep_ratio * N))).indices
+        return keep.sort().values
+    # sort by block, then by score descending within a block (two stable sorts), then rank inside each block
+    order = torch.sort(scores, descending=True, stable=True).indices
+    order = order[torch.sort(block[order], stable=True).indices]
+    sizes = torch.bincount(block, minlength=int(block.max()) + 1)
+    starts = torch.cumsum(sizes, 0) - sizes
+    rank = torch.arange(N, device=scores.device) - starts[block[order]]
+    quota = torch.floor(sizes.double() * keep_ratio + 1e-9).long()
+    keep = order[rank < quota[block[order]]]
+    if keep.numel() == 0:
+        keep = scores.argmax().view(1)
+    return keep.sort().values

@@ -1,0 +1,73 @@
+"""Per-stage statistics and the analytic prefill FLOPs / KV-bytes model.
+
+FLOPs of one decoder layer for n tokens (multiply-add = 2 FLOPs), with hidden d, KV width d_kv, MLP width d_ff:
+    F(n) = n * (4 d^2 + 4 d d_kv + 6 d d_ff) + 4 n^2 d
+(q, o projections 4d^2; k, v projections 4 d d_kv; gated MLP 6 d d_ff; scores and weighted sum 4 n^2 d).
+For Qwen2.5-VL-7B: F(n) = 466 092 032 n + 14 336 n^2.
+"""
+from __future__ import annotations
+
+# (layers, d, d_kv, d_ff) of the released language models
+QWEN25VL_DIMS = {
+    "Qwen2.5-VL-3B": (36, 2048, 256, 11008),
+    "Qwen2.5-VL-7B": (28, 3584, 512, 18944),
+    "Qwen2.5-VL-32B": (64, 5120, 1024, 27648),
+}
+
+
+def layer_flops(n: int, d: int, d_kv: int, d_ff: int) -> float:
+    return n * (4 * d * d + 4 * d * d_kv + 6 * d * d_ff) + 4 * n * n * d
+
+
+def prefill_flops(tokens_per_layer: list, d: int, d_kv: int, d_ff: int) -> float:
+    """Sum of F(tokens in layer) over the layers (the vision tower is not counted: pruning does not change it)."""
+    return sum(layer_flops(n, d, d_kv, d_ff) for n in tokens_per_layer)
+
+
+def tokens_per_layer(layers: int, before: int, after: int, pruning_layer: int) -> list:
+    """Token count in each layer: `before` in layers 0..M, `after` from M+1 on (no pruning: M = -1 or >= layers)."""
+    if pruning_layer < 0:
+        return [before] * layers
+    return [before if i <= pruning_layer else after for i in range(layers)]
+
+
+def flops_ratio(layers: int, d: int, d_kv: int, d_ff: int, unpruned: int, merged: int, kept: int,
+                pruning_layer: int) -> float:
+    """Pruned over unpruned LLM prefill FLOPs for one model shape (pruning layer scaled to its depth)."""
+    base = prefill_flops([unpruned] * layers, d, d_kv, d_ff)
+    ours = prefill_flops(tokens_per_layer(layers, merged, kept, pruning_layer), d, d_kv, d_ff)
+    return ours / base
+
+
+def model_dims(qm) -> tuple:
+    tc = qm.text_config
+    head_dim = tc.hidden_size // tc.num_attention_heads
+    return qm.num_layers, tc.hidden_size, tc.num_key_value_heads * head_dim, tc.intermediate_size
+
+
+def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, cache) -> dict:
+    """The stats dictionary of one prefill (Stage 3 fills in its part when it runs)."""
+    n0, n1, n2 = encoded.original_tokens, encoded.merged_tokens, int(kept_visual.numel())
+    L0, L1, L2 = seq.unpruned_length, seq.embeds.shape[0], int(keep_seq.numel())
+    text = L0 - n0
+    M = config.pruning_layer if n2 < n1 else -1
+    layers, d, d_kv, d_ff = model_dims(qm)
+    segments = [len(it.tokens.segments) for it in encoded.items]
+    static = sum(it.tokens.static_locations for it in encoded.items)
+    out = {
+        "stage1": {"enabled": encoded.stage1 is not None, "original_tokens": n0, "compressed_tokens": n1,
+                   "reduction_percentage": 100.0 * (1 - n1 / max(1, n0)), "static_ratio": static / max(1, n0),
+                   "segments": sum(segments) if encoded.stage1 else 0},
+        "stage2": {"enabled": M >= 0, "original_tokens": n1, "compressed_tokens": n2, "keep_ratio": n2 / max(1, n1),
+                   "pruning_layer": config.pruning_layer if M >= 0 else None},
+        "stage3": {"enabled": False, "kv_bytes_before": cache.nbytes(), "kv_bytes_after": cache.nbytes(),
+                   "reduction_ratio": 0.0},
+        "tokens": {"video_original": n0, "video_after_stage1": n1, "video_after_stage2": n2,
+                   "retention": n2 / max(1, n0), "text": text, "sequence_unpruned": L0,
+                   "sequence_after_stage1": L1, "sequence_after_stage2": L2},
+        "flops": {"this_model_ratio": flops_ratio(layers, d, d_kv, d_ff, L0, L1, L2, M)},
+    }
+    for name, (nl, dd, dkv, dff) in QWEN25VL_DIMS.items():
+        m = -1 if M < 0 else round(M * nl / layers)   # the same relative depth
+        out["flops"][f"{name}_ratio"] = flops_ratio(nl, dd, dkv, dff, L0, L1, L2, m)
+    return out

