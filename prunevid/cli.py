@@ -41,23 +41,26 @@ def resolve_model(arg: str) -> str:
 
 
 def cmd_ask(a) -> int:
-    from .pipeline import PruneVidQwen25VL, format_stats
+    from . import engine
+    from .pipeline import PruneVidQwen25VL, format_stats, read_video
 
     video = a.video or a.video_path
     question = a.question_pos or a.question
     if not video or not question:
         print("prunevid ask: give a VIDEO and a QUESTION", file=sys.stderr)
         return 2
+    if not question.strip():
+        print("prunevid: error: question is empty: ask something about the video", file=sys.stderr)
+        return 2
     overrides = {k: v for k, v in (("max_frames", a.max_frames), ("keep_ratio", a.keep_ratio),
                                    ("pruning_layer", a.pruning_layer)) if v is not None}
     config = get_preset(a.config or a.preset, verbose=False, **overrides)
-    _status(f"loading {a.model} ...")
     t0 = time.perf_counter()
+    _status(f"reading {video} ...")               # before the model: a bad video should not cost a model load
+    clip = read_video(resolve_video(video), config)
+    _status(f"loading {a.model} ...")
     pv = PruneVidQwen25VL(resolve_model(a.model), config=config, device=a.device, dtype=a.dtype)
-    _status(f"reading {video} ...")
-    clip = pv.load_video(resolve_video(video))
     _status(f"vision tower + Stage 1 on {clip.frames.shape[0]} frames ...")
-    from . import engine
     encoded = engine.encode(pv.model, clip, config)
     layers = pv.model.num_layers
     out = pv.answer(encoded, question, a.max_new_tokens, on_text=lambda s: print(s, end="", flush=True),

@@ -20,9 +20,7 @@ class PruneVidQwen25VL:
         self.model = qwen.load(model_path, dtype=dtype, device=device, attention=attention)
 
     def load_video(self, video_path: str) -> video.Clip:
-        c = self.config
-        return video.load_video(video_path, max_frames=c.max_frames, sampling=c.video_sampling,
-                                fps=c.sampling_fps, max_pixels=c.max_pixels)
+        return read_video(video_path, self.config)
 
     def encode(self, video_path: str | None = None, images: list | None = None, progress=None) -> engine.Encoded:
         """Question-independent work (decode, vision tower, Stage 1): reuse it for several questions."""
@@ -61,6 +59,12 @@ class PruneVidQwen25VL:
         return {"answer": out["answer"], "stats": out["stats"]} if return_stats else out["answer"]
 
 
+def read_video(video_path: str, config: PruneVidConfig) -> video.Clip:
+    """Decode and sample a video with the config's frame and pixel budgets."""
+    return video.load_video(video_path, max_frames=config.max_frames, sampling=config.video_sampling,
+                            fps=config.sampling_fps, max_pixels=config.max_pixels)
+
+
 def format_stats(stats: dict) -> str:
     """A short human-readable summary of the stats dictionary."""
     s1, s2, s3, t = stats["stage1"], stats["stage2"], stats["stage3"], stats["timings"]
@@ -72,6 +76,8 @@ def format_stats(stats: dict) -> str:
         if s2["enabled"] else "Stage 2: off",
         f"Stage 3: KV cache {s3['kv_bytes_before'] / 2**20:.2f} MiB -> {s3['kv_bytes_after'] / 2**20:.2f} MiB"
         if s3["enabled"] else f"Stage 3: off (KV cache {s3['kv_bytes_after'] / 2**20:.2f} MiB)",
+        f"KV cache vs unpruned prompt: {s3['kv_bytes_after'] / 2**20:.2f} / {s3['kv_bytes_unpruned'] / 2**20:.2f} MiB "
+        f"({100 * s3['kv_bytes_after'] / max(1, s3['kv_bytes_unpruned']):.1f}%)",
         f"Video tokens kept: {100 * stats['tokens']['retention']:.1f}%; LLM prefill FLOPs vs unpruned: "
         f"{stats['flops']['this_model_ratio']:.3f}x (Qwen2.5-VL-7B shape: {stats['flops']['Qwen2.5-VL-7B_ratio']:.3f}x)",
         f"Time: vision {t['vision_s']:.2f}s, stage 1 {t['stage1_s']:.2f}s, prefill {t['prefill_s']:.2f}s, "

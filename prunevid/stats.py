@@ -60,8 +60,9 @@ def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, cache) -> dic
                    "segments": sum(segments) if encoded.stage1 else 0},
         "stage2": {"enabled": M >= 0, "original_tokens": n1, "compressed_tokens": n2, "keep_ratio": n2 / max(1, n1),
                    "pruning_layer": config.pruning_layer if M >= 0 else None},
+        # kv_bytes_unpruned: what the unpruned prompt would cache (all layers, every token), for the real ratio
         "stage3": {"enabled": False, "kv_bytes_before": cache.nbytes(), "kv_bytes_after": cache.nbytes(),
-                   "reduction_ratio": 0.0},
+                   "reduction_ratio": 0.0, "kv_bytes_unpruned": L0 * layers * 2 * d_kv * qm.dtype.itemsize},
         "tokens": {"video_original": n0, "video_after_stage1": n1, "video_after_stage2": n2,
                    "retention": n2 / max(1, n0), "text": text, "sequence_unpruned": L0,
                    "sequence_after_stage1": L1, "sequence_after_stage2": L2},

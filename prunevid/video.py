@@ -175,9 +175,18 @@ def _check_file(path: Path, what: str = "video"):
 def _open(path: Path):
     # FFmpeg first: CAP_ANY would also try the image-sequence backend, which reads a '%' in a name as a pattern.
     # Builds without FFmpeg (some conda / system OpenCVs) fall back to whatever backend they have.
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    if not cap.isOpened():
-        cap = cv2.VideoCapture(str(path))
+    # OpenCV prints its own warnings on stderr for unreadable files; we raise a clear error instead.
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    level = log.getLogLevel() if log else None
+    if log:
+        log.setLogLevel(log.LOG_LEVEL_ERROR)
+    try:
+        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            cap = cv2.VideoCapture(str(path))
+    finally:
+        if log:
+            log.setLogLevel(level)
     if not cap.isOpened():
         raise VideoError(f"cannot decode {path}: OpenCV cannot open it as a video (not a video, truncated, or "
                          "audio only?); check that it plays, or re-encode it: ffmpeg -i IN -c:v libx264 OUT.mp4")
