@@ -75,6 +75,7 @@ class Prefill:
 
 def encode(qm: QwenModel, visual, config: PruneVidConfig, progress: Progress | None = None) -> Encoded:
     """Vision tower + Stage 1 for a Clip (video) or a list of [H, W, 3] uint8 images."""
+    qwen.require_loaded(qm)
     items_in = [("video", visual)] if isinstance(visual, Clip) else [("image", im) for im in visual]
     if not items_in:
         raise InputError("no video or image given")
@@ -207,6 +208,7 @@ def prefill(encoded: Encoded, question: str, config: PruneVidConfig, system_prom
     keep_visual: force the Stage 2 selection (indices into the merged visual tokens), for reference checks.
     """
     qm = encoded.model
+    qwen.require_loaded(qm)
     M = config.pruning_layer
     if config.enable_stage2 and M >= qm.num_layers:
         raise ConfigError(f"pruning_layer must be below the model's layer count ({qm.num_layers}), got {M}")
@@ -305,6 +307,7 @@ def generate(pf: Prefill, params: SamplingParams | None = None, on_text: Callabl
     """Decode from a prefill (left untouched). Returns {"ids", "text", "stats", ["logits"]}."""
     p = params or SamplingParams()
     qm = pf.model
+    qwen.require_loaded(qm)
     t0 = time.perf_counter()
     cache = pf.cache.fork(p.max_new_tokens)
     generator = torch.Generator().manual_seed(int(p.seed))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from . import engine, qwen, stage3, video
+from . import engine, qwen, stage3, stats, video
 from .config import PruneVidConfig, get_paper_config
 from .errors import InputError
 
@@ -38,12 +38,7 @@ class PruneVidQwen25VL:
         if self.config.enable_cache_compression:
             pf = stage3.compress(pf)
         out = engine.generate(pf, params, on_text=on_text)
-        stats = dict(pf.stats)
-        t = stats["timings"] = {**pf.stats["timings"], **out["stats"]}
-        # first question pays for the vision tower and Stage 1; a further question about the same encoding does not
-        t["time_to_first_token_s"] = t["vision_s"] + t["stage1_s"] + t["prefill_s"] + t["first_token_s"]
-        t["time_to_first_token_reused_s"] = t["prefill_s"] + t["first_token_s"]
-        return {"answer": out["text"], "ids": out["ids"], "stats": stats}
+        return {"answer": out["text"], "ids": out["ids"], "stats": stats.final_stats(pf.stats, out["stats"])}
 
     def generate(self, video_path: str | None = None, question: str = "", images: list | None = None,
                  max_new_tokens: int = 128, return_stats: bool = False, on_text=None, **sampling):

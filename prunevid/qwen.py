@@ -28,6 +28,7 @@ class QwenModel:
     image_mean: tuple
     image_std: tuple
     eos_token_ids: list
+    unloaded: bool = False
 
     @property
     def config(self):
@@ -190,6 +191,25 @@ def load(model_path: str, dtype: str = "auto", device: str = "auto", attention: 
         eos.append(im_end)
     return QwenModel(model=model, tokenizer=tokenizer, name=source, image_mean=mean, image_std=std,
                      eos_token_ids=sorted(set(eos)))
+
+
+def free(qm: QwenModel) -> None:
+    """Release the weights now, even while other objects (a cache of node outputs) still hold this QwenModel."""
+    import gc
+    if not qm.unloaded:
+        qm.model.to("meta")          # parameters and buffers become storage-less: the memory goes back
+        qm.unloaded = True
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if getattr(torch, "mps", None) is not None and torch.backends.mps.is_available():
+        torch.mps.empty_cache()
+
+
+def require_loaded(qm: QwenModel) -> None:
+    if qm.unloaded:
+        raise ModelError(f"{qm.name} was unloaded (its weights were freed); load it again before using it "
+                         "(in ComfyUI: keep_loaded on when several Generate nodes share one model)")
 
 
 # ---- version adapter: the only calls whose signature or return differs between 4.57 and 5.x ----

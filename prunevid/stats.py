@@ -72,3 +72,16 @@ def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, cache) -> dic
         m = -1 if M < 0 else round(M * nl / layers)   # the same relative depth
         out["flops"][f"{name}_ratio"] = flops_ratio(nl, dd, dkv, dff, L0, L1, L2, m)
     return out
+
+
+def final_stats(prefill_stats: dict, generate_stats: dict) -> dict:
+    """One answer's stats: the prefill's, with decoding folded into the timings.
+
+    time_to_first_token_s pays for the vision tower and Stage 1 (a first question); time_to_first_token_reused_s
+    is what a further question about the same encoded video costs.
+    """
+    out = dict(prefill_stats)
+    t = out["timings"] = {**prefill_stats["timings"], **generate_stats}
+    t["time_to_first_token_s"] = t["vision_s"] + t["stage1_s"] + t["prefill_s"] + t["first_token_s"]
+    t["time_to_first_token_reused_s"] = t["prefill_s"] + t["first_token_s"]
+    return out

@@ -142,9 +142,9 @@ def _config(p: dict, ids: dict, vocab_size: int) -> dict:
     """The flat config.json layout of the Qwen2.5-VL hub repos, which 4.57 and 5.x both parse to the same model.
 
     Text settings sit at the top level and mrope is given as legacy `rope_scaling` {"type": "mrope"}: 4.57 reads
-    only that form, 5.x converts it to `rope_parameters` (rope_type "default", mrope_section kept). A config that
-    5.x's save_pretrained writes (nested text_config with rope_parameters) loses mrope_section on 4.57.
-    "dtype" rather than "torch_dtype": both read it, and 5.x warns about the old name.
+    only that form, 5.x converts it to `rope_parameters` (rope_type "default", mrope_section kept). The nested
+    text_config with rope_parameters that 5.x's save_pretrained writes leaves 4.57 with rope_scaling None, and
+    4.57's attention then fails on rope_scaling["mrope_section"]. Both versions read "dtype" (the newer name).
     """
     head_dim = p["hidden_size"] // p["num_attention_heads"]
     half = head_dim // 2
@@ -313,9 +313,11 @@ def build_tiny_model(path, *, num_hidden_layers=28, hidden_size=64, intermediate
 def tiny_model_path() -> Path:
     """The default tiny model, built once into a cache folder and reused.
 
-    The folder is $PRUNEVID_CACHE (or ~/.cache/prunevid) / tiny-qwen2.5-vl-<hash>, the hash covering this module's
-    source, so editing the builder gives a fresh model. It is built in a temporary sibling folder and renamed into
-    place, so an interrupted build never leaves a half model that later runs would trust.
+    The folder is $PRUNEVID_CACHE (or ~/.cache/prunevid) / tiny-qwen2.5-vl-<hash>. The hash covers this module's
+    source, which holds the default parameters and the builder, so changing either gives a fresh model; it does
+    not cover the transformers version, since the files are the same whichever version builds them. The model is
+    built in a temporary sibling folder and renamed into place, so an interrupted build never leaves a half model
+    that later runs would trust.
     """
     root = Path(os.environ.get("PRUNEVID_CACHE") or Path.home() / ".cache" / "prunevid")
     digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
@@ -327,7 +329,7 @@ def tiny_model_path() -> Path:
     try:
         build_tiny_model(tmp, overwrite=True)
         (tmp / ".complete").write_text("ok\n")
-        if target.exists():                      # incomplete leftover of an older crash
+        if target.exists() and not (target / ".complete").is_file():    # a leftover without the marker
             shutil.rmtree(target, ignore_errors=True)
         try:
             os.replace(tmp, target)
