@@ -245,7 +245,7 @@ def prefill(encoded: Encoded, question: str, config: PruneVidConfig, system_prom
             rope = tuple(r[..., idx, :] for r in rope)
         if progress:
             progress(i + 1, qm.num_layers)
-    h = qm.language_model.norm(h)
+    h = qm.language_model.norm(h if return_hidden else h[:, -1:])
     logits = qm.model.lm_head(h[:, -1]).float()[0]
     prefill_s = time.perf_counter() - t0
 
