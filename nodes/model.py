@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 from ..prunevid import qwen
-from ..prunevid.errors import ModelError
 from . import comfy_bridge as comfy
 from .types import CATEGORY, MODEL
 

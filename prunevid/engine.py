@@ -10,7 +10,7 @@ Each step returns a plain dataclass, so a ComfyUI node can hold it in a socket a
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -158,9 +158,9 @@ def assemble(qm: QwenModel, encoded: Encoded, question: str, system_prompt: str)
         raise InputError("question is empty: ask something about the video")
     kinds = [it.kind for it in encoded.items]
     embed = qm.language_model.embed_tokens
-    embeds, pos_pieces, layout, text_ids = [], [], [], []
+    embeds, layout, text_ids = [], [], []
     visual_cols, blocks = [], []
-    length, block_offset, merged_offset = 0, 0, 0
+    length, block_offset = 0, 0
     unpruned_len = 0
     for i, piece in enumerate(chat_pieces(qm, kinds, question, system_prompt)):
         ids = torch.tensor(qm.tokenizer.encode(piece, add_special_tokens=False), dtype=torch.long)

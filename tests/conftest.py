@@ -1,6 +1,13 @@
-"""Shared fixtures: the tiny random Qwen2.5-VL built on disk and real sample video clips."""
+"""Shared fixtures: the tiny random Qwen2.5-VL built on disk, real sample video clips, the pack as ComfyUI loads it."""
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+PACK_DIR = Path(__file__).resolve().parent.parent
 
 torch.set_num_threads(2)
 
@@ -28,3 +35,20 @@ def clip(sample_video):
     """8 frames (4 temporal groups) of 224x224-ish: small enough for fast tests, real content."""
     from prunevid.video import load_video
     return load_video(sample_video, max_frames=8, max_pixels=224 * 224)
+
+
+def load_pack(pack_dir: Path = PACK_DIR):
+    """Exactly ComfyUI's load_custom_node: a package named after the folder's path, relative imports inside."""
+    name = str(pack_dir).replace(".", "_x_")
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(pack_dir, "__init__.py"),
+                                                  submodule_search_locations=[str(pack_dir)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module

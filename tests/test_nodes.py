@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import fractions
-import importlib.util
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-PACK_DIR = Path(__file__).resolve().parents[1]
+from conftest import PACK_DIR, load_pack
 WORKFLOWS = PACK_DIR / "workflows"
 CORE_IDS = PACK_DIR.parent / "shared" / "data" / "comfyui-core-node-ids.txt"
 CORE_TYPES = {"IMAGE", "MASK", "LATENT", "VIDEO", "AUDIO", "STRING", "INT", "FLOAT", "BOOLEAN", "COMBO", "*"}
@@ -116,19 +115,6 @@ def make_stand_ins(rec: Recorder, models_dir: Path, input_dir: Path) -> dict:
     server.PromptServer = PromptServer
     return {"comfy": comfy, "comfy.utils": utils, "comfy.model_management": mm, "folder_paths": fp,
             "server": server}
-
-
-def load_pack(pack_dir: Path = PACK_DIR):
-    """Exactly ComfyUI's load_custom_node: a package named after the folder's path, relative imports inside."""
-    name = str(pack_dir).replace(".", "_x_")
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(pack_dir, "__init__.py"),
-                                                  submodule_search_locations=[str(pack_dir)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
-from pathlib import Path
 
 import pytest
 
-PACK_DIR = Path(__file__).resolve().parents[1]
+from conftest import PACK_DIR, load_pack
 WORKFLOWS = PACK_DIR / "workflows"
 CORE_IDS = PACK_DIR.parent / "shared" / "data" / "comfyui-core-node-ids.txt"
 PRESETS = ("paper", "baseline", "conservative", "aggressive", "stage1_only", "stage2_only", "no_cache_compression")
@@ -29,18 +27,6 @@ CORE = {
     "LoadVideo": {"input": {"required": {"file": (None, {"video_upload": True})}}, "output": ["VIDEO"],
                   "output_node": False},
 }
-
-
-def load_pack():
-    name = str(PACK_DIR).replace(".", "_x_")
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(PACK_DIR, "__init__.py"),
-                                                  submodule_search_locations=[str(PACK_DIR)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
