@@ -60,4 +60,6 @@ class PruneVidGenerate:
         report["model"] = prefill.model.name
         report["sampling"] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
                               "top_p": top_p, "seed": seed}
-        return {"ui": {"text": [answer]}, "result": (answer, json.dumps(report, indent=2))}
+        report = json.dumps(report, indent=2)
+        # the stats also go to the UI output, so /history has them even when no node is wired to the socket
+        return {"ui": {"text": [answer], "stats": [report]}, "result": (answer, report)}

@@ -85,3 +85,24 @@ def final_stats(prefill_stats: dict, generate_stats: dict) -> dict:
     t["time_to_first_token_s"] = t["vision_s"] + t["stage1_s"] + t["prefill_s"] + t["first_token_s"]
     t["time_to_first_token_reused_s"] = t["prefill_s"] + t["first_token_s"]
     return out
+
+
+def format_stats(stats: dict) -> str:
+    """A short human-readable summary of the stats dictionary."""
+    s1, s2, s3, t = stats["stage1"], stats["stage2"], stats["stage3"], stats["timings"]
+    lines = [
+        f"Stage 1: {s1['original_tokens']} -> {s1['compressed_tokens']} video tokens "
+        f"({s1['reduction_percentage']:.1f}% fewer, {s1['segments']} segments, static {100 * s1['static_ratio']:.1f}%)"
+        if s1["enabled"] else f"Stage 1: off ({s1['original_tokens']} video tokens)",
+        f"Stage 2: {s2['original_tokens']} -> {s2['compressed_tokens']} video tokens after layer {s2['pruning_layer']}"
+        if s2["enabled"] else "Stage 2: off",
+        f"Stage 3: KV cache {s3['kv_bytes_before'] / 2**20:.2f} MiB -> {s3['kv_bytes_after'] / 2**20:.2f} MiB"
+        if s3["enabled"] else f"Stage 3: off (KV cache {s3['kv_bytes_after'] / 2**20:.2f} MiB)",
+        f"KV cache vs unpruned prompt: {s3['kv_bytes_after'] / 2**20:.2f} / {s3['kv_bytes_unpruned'] / 2**20:.2f} MiB "
+        f"({100 * s3['kv_bytes_after'] / max(1, s3['kv_bytes_unpruned']):.1f}%)",
+        f"Video tokens kept: {100 * stats['tokens']['retention']:.1f}%; LLM prefill FLOPs vs unpruned: "
+        f"{stats['flops']['this_model_ratio']:.3f}x (Qwen2.5-VL-7B shape: {stats['flops']['Qwen2.5-VL-7B_ratio']:.3f}x)",
+        f"Time: vision {t['vision_s']:.2f}s, stage 1 {t['stage1_s']:.2f}s, prefill {t['prefill_s']:.2f}s, "
+        f"first token {t.get('time_to_first_token_s', 0):.2f}s, decode {t.get('tokens_per_s', 0):.1f} tok/s",
+    ]
+    return "\n".join(lines)

@@ -464,6 +464,7 @@ def test_generate_shows_answer_on_node(env, prefill):
     cls = env.pack.NODE_CLASS_MAPPINGS["PruneVidGenerate"]
     out = cls().generate(prefill=prefill[0], unique_id="6", **GEN)
     assert out["ui"]["text"] == [out["result"][0]]
+    assert out["ui"]["stats"] == [out["result"][1]]          # so /history carries the stats of any workflow
 
 
 def test_sampling_is_deterministic_per_seed(env, prefill):
