@@ -1,0 +1,329 @@
+"""`prunevid submit` against a small fake ComfyUI (HTTP + websocket on loopback): the CI stand-in for a real server."""
+import base64
+import hashlib
+import json
+import re
+import socket
+import struct
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from prunevid import cli
+from prunevid import comfy_client as cc
+
+PAPER = Path(__file__).resolve().parent.parent / "workflows" / "api" / "paper.json"
+STATS = {"stage1": {"enabled": True, "original_tokens": 240, "compressed_tokens": 84, "reduction_percentage": 65.0,
+                    "static_ratio": 0.4, "segments": 1},
+         "stage2": {"enabled": True, "original_tokens": 84, "compressed_tokens": 34, "pruning_layer": 10},
+         "stage3": {"enabled": True, "kv_bytes_before": 2 ** 20, "kv_bytes_after": 2 ** 19,
+                    "kv_bytes_unpruned": 2 ** 21},
+         "tokens": {"retention": 0.1417}, "flops": {"this_model_ratio": 0.25, "Qwen2.5-VL-7B_ratio": 0.14},
+         "timings": {"vision_s": 0.5, "stage1_s": 0.1, "prefill_s": 0.2, "tokens_per_s": 12.0},
+         "padding": "x" * 70000}          # a > 64 KiB frame exercises the 8-byte websocket length
+ANSWER = "A rabbit wakes up, stretches and walks out of its burrow."
+
+
+def ws_frame(opcode, payload, fin=True):
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    head += bytes([n]) if n < 126 else bytes([126]) + struct.pack(">H", n) if n < 65536 else \
+        bytes([127]) + struct.pack(">Q", n)
+    return head + payload
+
+
+def text_event(node, text):
+    node = node.encode()
+    return struct.pack(">I", 3) + struct.pack(">I", len(node)) + node + text.encode()
+
+
+class FakeComfy:
+    """Answers /upload/image, /prompt, /ws, /history, /queue the way ComfyUI does, following a script.
+
+    script(pid) -> list of websocket actions: dict (JSON event), ("text", node, text), ("bytes", b),
+    ("fragmented", dict), "stop" (the server goes away: listening socket closed, websocket dropped).
+    """
+
+    def __init__(self, script=None, prompt_reply=None, outputs=None, status=None):
+        self.script = script or (lambda pid: [])
+        self.prompt_reply = prompt_reply
+        self.outputs = outputs if outputs is not None else {}
+        self.status = status or {"status_str": "success", "completed": True, "messages": []}
+        self.uploads, self.prompts, self.ws_clients, self.interrupts = [], [], [], []
+        self.running = False
+        self.posted = threading.Event()
+        self.done = False
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _json(self, code, obj):
+                body = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _body(self):
+                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+            def do_POST(self):
+                body = self._body()
+                if self.path == "/upload/image":
+                    name = re.search(rb'name="image"; filename="([^"]+)"', body).group(1).decode()
+                    assert b'name="type"\r\n\r\ninput\r\n' in body
+                    fake.uploads.append((name, body))
+                    return self._json(200, {"name": "up_" + name, "subfolder": "", "type": "input"})
+                if self.path == "/prompt":
+                    req = json.loads(body)
+                    fake.prompts.append(req)
+                    pid = req.get("prompt_id", "p1")
+                    code, reply = fake.prompt_reply(req) if fake.prompt_reply else \
+                        (200, {"prompt_id": pid, "number": 0, "node_errors": {}})
+                    if code == 200 and not reply.get("node_errors"):
+                        fake.pid = pid
+                        fake.posted.set()
+                    return self._json(code, reply)
+                if self.path == "/interrupt":
+                    fake.interrupts.append(json.loads(body))
+                    return self._json(200, {})
+                self._json(404, {})
+
+            def do_GET(self):
+                if self.path.startswith("/ws?clientId="):
+                    return self._websocket()
+                if self.path.startswith("/history/"):
+                    pid = self.path.rsplit("/", 1)[1]
+                    ok = fake.done and pid == getattr(fake, "pid", None)
+                    return self._json(200, {pid: {"prompt": [], "outputs": fake.outputs, "status": fake.status}}
+                                      if ok else {})
+                if self.path == "/queue":
+                    running = [[0, fake.pid, {}, {}, []]] if fake.running and not fake.done else []
+                    return self._json(200, {"queue_running": running, "queue_pending": []})
+                self._json(404, {})
+
+            def _websocket(self):
+                key = self.headers["Sec-WebSocket-Key"].encode()
+                accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+                self.send_response(101)
+                self.send_header("Upgrade", "websocket")
+                self.send_header("Connection", "Upgrade")
+                self.send_header("Sec-WebSocket-Accept", accept.decode())
+                self.end_headers()
+                self.wfile.flush()
+                self.close_connection = True
+                fake.ws_clients.append(self.path.split("=", 1)[1])
+                send = lambda b: (self.wfile.write(b), self.wfile.flush())
+                send(ws_frame(1, json.dumps({"type": "status", "data": {"status": {}, "sid": "x"}}).encode()))
+                if not fake.posted.wait(5):
+                    return
+                for action in fake.script(fake.pid):
+                    if action in ("stop", "drop"):         # drop: the websocket goes, the server stays
+                        if action == "stop":
+                            fake.stop()
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    if isinstance(action, dict):
+                        if action.get("type") == "execution_success":
+                            fake.done = True
+                        send(ws_frame(1, json.dumps(action).encode()))
+                    elif action[0] == "text":
+                        send(ws_frame(2, text_event(action[1], action[2])))
+                    elif action[0] == "fragmented":
+                        data = json.dumps(action[1]).encode()
+                        send(ws_frame(1, data[:5], fin=False) + ws_frame(9, b"hi") + ws_frame(0, data[5:]))
+                self.connection.settimeout(5)
+                try:
+                    while self.connection.recv(1024):   # until the client closes
+                        pass
+                except OSError:
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self):
+        threading.Thread(target=self.httpd.shutdown, daemon=True).start()
+        self.httpd.socket.close()
+
+
+@pytest.fixture
+def video(tmp_path):
+    p = tmp_path / "clip.mp4"
+    p.write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    return p
+
+
+def success_script(pid):
+    ev = lambda t, **d: {"type": t, "data": {"prompt_id": pid, **d}}
+    return [ev("execution_start"), ev("execution_cached", nodes=[]),
+            ev("executing", node="1"), ev("executing", node="2"),
+            ev("progress", value=1, max=28, node="4"), ev("progress", value=28, max=28, node="4"),
+            {"type": "progress_state", "data": {"prompt_id": "someone-else", "nodes": {}}},
+            ("fragmented", ev("executing", node="6")),
+            ("text", "6", "A rabbit"), ("text", "6", "A rabbit wakes up,"), ("text", "6", ANSWER),
+            ev("executed", node="6", output={"text": [ANSWER]}),
+            ev("execution_success")]
+
+
+PAPER_OUTPUTS = {"6": {"text": [ANSWER]}, "7": {"text": [ANSWER]}, "8": {"text": [json.dumps(STATS)]},
+                 "9": {"images": []}}
+
+
+def submit(server, *args):
+    return cli.main(["submit", str(PAPER), "--server", server, *args])
+
+
+def test_successful_run_prints_answer_and_stats(video, tmp_path, capsys):
+    fake = FakeComfy(success_script, outputs=PAPER_OUTPUTS)
+    out_json = tmp_path / "out.json"
+    t0 = time.monotonic()
+    rc = submit(fake.address, "--video", str(video), "--question", "What does the rabbit do?",
+                "--set", "PruneVidModelLoader.model=tiny", "--set", "2.max_frames=8", "--json", str(out_json))
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert time.monotonic() - t0 < 10
+    assert out.strip() == ANSWER                                 # stdout: the answer only
+    assert "Stage 1: 240 -> 84 video tokens" in err              # stats summary on stderr
+    assert "Stage 2: 84 -> 34 video tokens after layer 10" in err
+    assert ANSWER in err and "executing node 6 (PruneVidGenerate 'Generate')" in err   # live stream + progress
+    assert "Traceback" not in err
+
+    (name, body), = fake.uploads
+    assert name == "clip.mp4" and video.read_bytes() in body
+    req, = fake.prompts
+    assert req["client_id"] == fake.ws_clients[0]                # same id, or the events would be lost
+    prompt = req["prompt"]
+    assert prompt["2"]["inputs"]["file"] == "up_clip.mp4" and prompt["2"]["inputs"]["path"] == ""
+    assert prompt["2"]["inputs"]["max_frames"] == 8
+    assert prompt["4"]["inputs"]["question"] == "What does the rabbit do?"
+    assert prompt["1"]["inputs"]["model"] == "tiny"
+
+    report = json.loads(out_json.read_text())
+    assert report["answer"] == ANSWER and report["stats"]["stage2"]["compressed_tokens"] == 34
+    assert report["events"]["progress"] == 2 and report["events"]["text"] == 3
+    assert report["events"]["execution_success"] == 1 and "progress_state" not in report["events"]
+    assert report["streamed"] == {"6": ANSWER}
+
+
+def test_node_errors_fail_naming_the_node(capsys):
+    def reject(req):
+        return 400, {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed "
+                               "validation", "details": "", "extra_info": {}},
+                     "node_errors": {"4": {"errors": [{"type": "value_smaller_than_min", "message":
+                                                      "Value 0.0 smaller than min of 0.01", "details": "keep_ratio"}],
+                                           "dependent_outputs": ["7"], "class_type": "PruneVidStage2Select"}}}
+    fake = FakeComfy(prompt_reply=reject)
+    rc = submit(fake.address, "--set", "4.keep_ratio=0")
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "ComfyUI rejected the workflow: Prompt outputs failed validation" in err
+    assert "node 4 (PruneVidStage2Select 'Stage 2: select (question)'): Value 0.0 smaller than min of 0.01" in err
+    assert "Traceback" not in err
+
+
+def test_node_errors_in_a_200_reply_are_a_failure(capsys):
+    def partial(req):
+        return 200, {"prompt_id": req["prompt_id"], "number": 0, "node_errors": {
+            "9": {"errors": [{"message": "Required input is missing", "details": "images"}],
+                  "class_type": "PreviewImage"}}}
+    fake = FakeComfy(prompt_reply=partial)
+    rc = submit(fake.address)
+    err = capsys.readouterr().err
+    assert rc == 1 and "ComfyUI rejected part of the workflow (the valid rest was cancelled)" in err
+    assert "node 9 (PreviewImage" in err and "Required input is missing: images" in err
+
+
+def test_execution_error_fails_with_the_message(video, capsys):
+    def script(pid):
+        return [{"type": "execution_start", "data": {"prompt_id": pid}},
+                {"type": "executing", "data": {"node": "2", "prompt_id": pid}},
+                {"type": "execution_error", "data": {
+                    "prompt_id": pid, "node_id": "2", "node_type": "PruneVidLoadVideo", "executed": ["1"],
+                    "exception_type": "prunevid.errors.VideoError",
+                    "exception_message": "cannot decode 'up_clip.mp4': no video stream", "traceback": ["..."]}}]
+    fake = FakeComfy(script)
+    rc = submit(fake.address, "--video", str(video))
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == ""
+    assert ("ComfyUI failed at node 2 (PruneVidLoadVideo 'Video'): VideoError: cannot decode 'up_clip.mp4': "
+            "no video stream") in err
+
+
+def test_server_down_is_a_clear_message(capsys):
+    with socket.socket() as s:                 # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc = submit(f"127.0.0.1:{port}")
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.strip() == (f"prunevid submit: error: cannot reach ComfyUI at 127.0.0.1:{port}: connection refused "
+                           "— is the server running?")
+
+
+def test_server_stopping_mid_run_is_a_clear_message(capsys):
+    def script(pid):
+        return [{"type": "execution_start", "data": {"prompt_id": pid}},
+                {"type": "progress", "data": {"value": 3, "max": 28, "node": "4", "prompt_id": pid}}, "stop"]
+    fake = FakeComfy(script)
+    rc = submit(fake.address, "--timeout", "15")
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert f"lost the connection to ComfyUI at {fake.address} while prompt" in err
+    assert "and the server no longer answers (connection" in err
+
+
+def test_server_restarting_mid_run_is_a_clear_message(capsys):
+    fake = FakeComfy(lambda pid: [{"type": "execution_start", "data": {"prompt_id": pid}}, "drop"])
+    rc = submit(fake.address)
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert f"ComfyUI at {fake.address} restarted while prompt" in err and "submit it again" in err
+
+
+def test_timeout_cancels_only_this_prompt(capsys):
+    fake = FakeComfy(lambda pid: [{"type": "execution_start", "data": {"prompt_id": pid}}])
+    fake.running = True
+    rc = submit(fake.address, "--timeout", "1")
+    err = capsys.readouterr().err
+    assert rc == 1 and "timed out after 1 s waiting for prompt" in err and "it was cancelled" in err
+    assert fake.interrupts == [{"prompt_id": fake.pid}]     # a targeted interrupt, never a global one
+
+
+def test_ui_format_workflow_points_at_the_api_one(capsys):
+    rc = cli.main(["submit", str(PAPER.parent.parent / "paper.json"), "--server", "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "is a UI-format workflow" in err and str(PAPER) in err
+
+
+def test_set_types_follow_the_replaced_value():
+    prompt = cc.load_workflow(PAPER)
+    cc.apply_set(prompt, "PruneVidStage2Select.question=42")
+    cc.apply_set(prompt, "Stage 1: merge.enable=off")
+    cc.apply_set(prompt, "6.max_new_tokens=16")
+    cc.apply_set(prompt, "4.keep_ratio=0.25")
+    assert prompt["4"]["inputs"]["question"] == "42"
+    assert prompt["3"]["inputs"]["enable"] is False
+    assert prompt["6"]["inputs"]["max_new_tokens"] == 16 and prompt["4"]["inputs"]["keep_ratio"] == 0.25
+    with pytest.raises(cc.ComfyError, match="connected to another node"):
+        cc.apply_set(prompt, "6.prefill=1")
+    with pytest.raises(cc.ComfyError, match="expected a whole number"):
+        cc.apply_set(prompt, "6.seed=abc")
+
+
+def test_video_goes_to_the_node_that_reads_it():
+    interop = cc.load_workflow(PAPER.parent / "core_loadvideo_interop.json")
+    assert cc.patch_video(interop, "clip.mp4") == "2"
+    assert interop["11"]["class_type"] == "LoadVideo" and interop["11"]["inputs"]["file"] == "clip.mp4"
