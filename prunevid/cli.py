@@ -42,7 +42,8 @@ def resolve_model(arg: str) -> str:
 
 def cmd_ask(a) -> int:
     from . import engine
-    from .pipeline import PruneVidQwen25VL, format_stats, read_video
+    from .pipeline import PruneVidQwen25VL, read_video
+    from .stats import format_stats
 
     video = a.video or a.video_path
     question = a.question_pos or a.question
@@ -86,6 +87,10 @@ def cmd_make_tiny_model(a) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from . import bench
+        return bench.main(argv[1:])
     ap = argparse.ArgumentParser(prog="prunevid", description="PruneVid token pruning for Qwen2.5-VL video QA")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -116,6 +121,12 @@ def main(argv=None) -> int:
     tiny.add_argument("dir")
     tiny.add_argument("--overwrite", action="store_true")
     tiny.set_defaults(func=cmd_make_tiny_model)
+
+    from .comfy_client import register as register_submit   # stdlib only: no torch import
+    register_submit(sub)
+
+    # listed here for --help; its own parser (prunevid.bench) takes every argument after the word
+    sub.add_parser("bench", help="benchmark PruneVid against the unpruned baseline (prunevid bench --help)")
 
     a = ap.parse_args(argv)
     try:

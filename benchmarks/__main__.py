@@ -1,0 +1,3 @@
+import sys
+from prunevid.bench import main
+sys.exit(main())

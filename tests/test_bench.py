@@ -1,0 +1,84 @@
+"""Smoke test of the benchmark entry point: it runs, writes JSON + Markdown, and its token counts add up.
+
+A benchmark never fails on a timing, so nothing here looks at one.
+"""
+import json
+
+import pytest
+
+from prunevid import bench
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory, tiny_model_dir):
+    out = tmp_path_factory.mktemp("bench")
+    rc = bench.main(["--model", "tiny", "--videos", "carphone", "--frames", "4", "--reps", "1", "--new-tokens", "3",
+                     "--presets", "baseline,paper,stage1_only,stage2_only", "--out-dir", str(out), "--name", "smoke"])
+    assert rc == 0
+    assert (out / "smoke.md").read_text().startswith("### Benchmark `smoke`")
+    return json.loads((out / "smoke.json").read_text())
+
+
+def test_json_layout(result):
+    assert {"meta", "cases", "scaling", "targets"} <= set(result)
+    assert {"command", "machine", "model_dims", "reps", "new_tokens", "wall_time_s"} <= set(result["meta"])
+    assert {"cpu", "logical_cpus", "torch_threads", "torch", "transformers"} <= set(result["meta"]["machine"])
+    (case,) = result["cases"]
+    assert (case["video"], case["frames"]) == ("carphone", 4)
+    assert list(case["presets"]) == ["baseline", "paper", "stage1_only", "stage2_only"]
+    for p in case["presets"].values():
+        assert len(p["runs"]) == 1 and p["consistent_tokens"]
+        assert p["memory_runs"] and "peak_rss_bytes" in p["memory_runs"][0]["memory"]
+        assert {"vision_s", "stage1_s", "prefill_s", "stage2_scoring_s", "stage3_s", "ttft_s", "ttft2_s",
+                "decode_tokens_per_s", "e2e_s", "peak_rss_bytes", "kv_bytes", "overhead_s"} <= set(p["metrics"])
+        assert {"median", "min", "max"} <= set(p["metrics"]["prefill_s"])
+        assert {"bench", "Qwen2.5-VL-3B", "Qwen2.5-VL-7B", "Qwen2.5-VL-32B"} <= set(p["analytic"])
+        assert {"prefill_speedup", "ttft_speedup", "ttft_bound", "ttft2_speedup", "e2e_speedup", "kv_ratio",
+                "peak_ratio", "overhead_share", "flops_ratio_bench", "flops_ratio_7b",
+                "ttft_bound_7b"} <= set(p["ratios"])
+    assert {t["target"] for t in result["targets"]} == {k for k, _, _ in bench.TARGETS}
+    assert 0 < case["vision_share"]["bench_flops"] < 1
+
+
+def test_token_counts_are_consistent(result):
+    presets = result["cases"][0]["presets"]
+    n0 = presets["baseline"]["tokens"]["video_original"]
+    assert n0 == 2 * 5 * 6          # 4 frames of carphone (140x168): 2 temporal groups of 5 x 6 merged tokens
+    for name, p in presets.items():
+        t = p["tokens"]
+        assert t["video_original"] == n0
+        assert t["video_after_stage2"] <= t["video_after_stage1"] <= t["video_original"]
+        assert t["sequence_unpruned"] == t["text"] + n0
+        assert t["sequence_after_stage1"] == t["text"] + t["video_after_stage1"]
+        assert t["sequence_after_stage2"] == t["text"] + t["video_after_stage2"]
+        kv = p["runs"][0]["kv"]
+        assert 0 < kv["kv_bytes"] <= kv["kv_bytes_unpruned"]
+    base, paper = presets["baseline"]["tokens"], presets["paper"]["tokens"]
+    assert base["video_after_stage1"] == base["video_after_stage2"] == n0
+    assert paper["video_after_stage2"] < paper["video_after_stage1"] < n0
+    assert presets["stage1_only"]["tokens"]["video_after_stage1"] == paper["video_after_stage1"]
+    assert presets["stage1_only"]["tokens"]["video_after_stage2"] == paper["video_after_stage1"]
+    assert presets["stage2_only"]["tokens"]["video_after_stage1"] == n0
+    # the KV cache holds exactly the tokens that survive (every layer, after Stage 3)
+    ratio = presets["paper"]["ratios"]["kv_ratio"]
+    assert ratio == pytest.approx(paper["sequence_after_stage2"] / base["sequence_unpruned"])
+
+
+def test_analytic_flops_model():
+    # the released vision tower: about 2.5 GMAC per merged token at 448x448 (the issue's figure)
+    v = bench.vision_flops(2, 32, 32, out_hidden=3584, **bench.QWEN25VL_VISION)
+    assert 2.4e9 < v / 2 / (2 * 16 * 16) < 2.8e9
+    # the bench model's LLM is the 7B divided by 28 at every length: same ratio for the same token counts
+    seq = {"unpruned": 4000, "after_stage1": 1800, "after_stage2": 750}
+    b = bench.analytic({"layers": 28, "d": 128, "d_kv": 32, "d_ff": 21568, "vision": bench.QWEN25VL_VISION},
+                       (16, 24, 42), seq, 10)
+    r = bench.analytic(bench.real_dims()["Qwen2.5-VL-7B"], (16, 24, 42), seq, 10)
+    assert b["llm_flops_ratio"] == pytest.approx(r["llm_flops_ratio"], rel=1e-9)
+    assert 0.22 < r["vision_share"] < 0.32
+
+
+def test_cli_entry_point(capsys):
+    from prunevid import cli
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--help"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: prunevid bench")
