@@ -551,7 +551,7 @@ def render_markdown(res: dict) -> str:
         L.append("- Vision tower share of baseline prefill FLOPs: "
                  + ", ".join(f"{c['video']} {c['frames']}f {100 * c['vision_share']['bench_flops']:.1f} %"
                              for c in res["cases"] if c.get("vision_share"))
-                 + f" (Qwen2.5-VL-7B at the same token counts: "
+                 + " (Qwen2.5-VL-7B at the same token counts: "
                  + ", ".join(f"{100 * v['qwen2.5-vl-7b_flops']:.1f} %" for v in vs)
                  + "); measured time share: "
                  + ", ".join("–" if v["bench_time"] is None else f"{100 * v['bench_time']:.1f} %" for v in vs))

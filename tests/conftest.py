@@ -1,7 +1,5 @@
 """Shared fixtures: the tiny random Qwen2.5-VL built on disk, real sample video clips, the pack as ComfyUI loads it."""
 import importlib.util
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -37,18 +35,12 @@ def clip(sample_video):
     return load_video(sample_video, max_frames=8, max_pixels=224 * 224)
 
 
-def load_pack(pack_dir: Path = PACK_DIR):
-    """Exactly ComfyUI's load_custom_node: a package named after the folder's path, relative imports inside."""
-    name = str(pack_dir).replace(".", "_x_")
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(pack_dir, "__init__.py"),
-                                                  submodule_search_locations=[str(pack_dir)])
+def _load_workflow_generator():
+    spec = importlib.util.spec_from_file_location("make_workflows", PACK_DIR / "workflows" / "make_workflows.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
+    spec.loader.exec_module(module)
     return module
+
+
+make_workflows = _load_workflow_generator()
+load_pack = make_workflows.load_pack     # imports the pack exactly as ComfyUI's load_custom_node does

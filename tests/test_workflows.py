@@ -6,13 +6,12 @@ value after an INT named seed; links join equal types; values within min/max and
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
 import pytest
 
-from conftest import PACK_DIR, load_pack
+from conftest import PACK_DIR, load_pack, make_workflows
 WORKFLOWS = PACK_DIR / "workflows"
 CORE_IDS = PACK_DIR.parent / "shared" / "data" / "comfyui-core-node-ids.txt"
 PRESETS = ("paper", "baseline", "conservative", "aggressive", "stage1_only", "stage2_only", "no_cache_compression")
@@ -110,9 +109,7 @@ def check_value(node_type, d, name, spec, value):
 
 
 def test_workflows_are_up_to_date_with_the_generator(pack):
-    spec = importlib.util.spec_from_file_location("make_workflows", WORKFLOWS / "make_workflows.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
+    gen = make_workflows
     files = gen.build_all(pack)
     expected = {f"{n}.json" for n in NAMES} | {f"api/{n}.json" for n in NAMES}
     assert set(files) == expected
