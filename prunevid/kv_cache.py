@@ -1,6 +1,7 @@
 """A minimal per-layer KV cache that the decoder layers write into.
 
-Qwen2.5-VL's attention only calls `past_key_values.update(k, v, layer_idx, ...)`, on every transformers version,
+Qwen2.5-VL's attention only calls `cache.update(k, v, layer_idx, ...)` on every transformers version (the extra
+argument is `cache_kwargs` before 5.24, `kwargs=` from 5.24 on; neither matters here),
 so owning the cache keeps the engine version independent and makes Stage 3 a plain slice. Decoding never
 writes into a cache it was handed: `fork()` gives a new cache whose buffers have room for the new tokens, so a
 cached prefill (ComfyUI shares node outputs) can be decoded from any number of times.
@@ -16,7 +17,7 @@ class KVCache:
         self.values: list = [None] * num_layers
         self.lengths = [0] * num_layers           # valid length of each layer (buffers may be longer)
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, cache_kwargs=None):
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *_, **__):
         """Append k, v [B, KV, n, hd] to layer `layer_idx`; return that layer's keys and values so far."""
         n, used = k.shape[2], self.lengths[layer_idx]
         keys, values = self.keys[layer_idx], self.values[layer_idx]

@@ -5,6 +5,7 @@ lm_head) through the functions here; nothing else in the library looks at the tr
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -134,11 +135,40 @@ def _check_local_folder(path: Path) -> None:
         raise ModelError(f"{path} has a Qwen2.5-VL config.json but no weights (*.safetensors or *.bin)")
 
 
-def _read_processor_stats(source: str) -> tuple:
+def _hub_offline(repo_id: str) -> bool:
+    """True when the hub cannot be reached (or HF_HUB_OFFLINE is set) and `repo_id` is in the local HF cache.
+
+    Without the hub, transformers retries every request for about half a minute before it falls back to the
+    cache, or fails. A 5-second connection probe avoids that: a cached model loads at once from the cache, an
+    uncached one fails at once with a message that says what to do.
+    """
+    import socket
+    import urllib.parse
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    if constants.HF_HUB_OFFLINE:
+        reachable = False
+    else:
+        url = urllib.parse.urlsplit(constants.ENDPOINT)
+        try:
+            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), 5).close()
+            reachable = True
+        except OSError:
+            reachable = False
+    if not reachable and not cached:
+        raise ModelError(f"cannot download {repo_id!r}: {constants.ENDPOINT} is not reachable (or HF_HUB_OFFLINE is "
+                         "set) and the model is not in the Hugging Face cache. Download it on a connected machine "
+                         "(huggingface-cli download) or point model_path at a local folder")
+    return not reachable
+
+
+def _read_processor_stats(source: str, offline: bool = False) -> tuple:
     """image_mean / image_std from preprocessor_config.json (local folder or hub cache); Qwen defaults if absent."""
     from transformers.utils import cached_file
     try:
-        path = cached_file(source, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+        path = cached_file(source, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False,
+                           local_files_only=offline)
     except Exception:
         path = None
     if not path:
@@ -166,12 +196,13 @@ def load(model_path: str, dtype: str = "auto", device: str = "auto", attention: 
         if not looks_like_hub_id:
             raise ModelError(f"model folder {model_path} does not exist (nor is it a hub id like 'Qwen/Qwen2.5-VL-7B-Instruct')")
         source = str(model_path)
+    offline = not local.exists() and _hub_offline(source)
 
     dtype_kwarg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            source, **{dtype_kwarg: torch_dtype}, attn_implementation=attn)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+            source, **{dtype_kwarg: torch_dtype}, attn_implementation=attn, local_files_only=offline)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
     except ModelError:
         raise
     except (OSError, ValueError) as e:
@@ -181,7 +212,7 @@ def load(model_path: str, dtype: str = "auto", device: str = "auto", attention: 
         raise ModelError(f"{source} is not a Qwen2.5-VL checkpoint (model_type {model.config.model_type!r})")
     model.to(dev).eval()
 
-    mean, std = _read_processor_stats(source)
+    mean, std = _read_processor_stats(source, offline)
     eos = []
     for cfg in (getattr(model, "generation_config", None), model.config):
         ids = getattr(cfg, "eos_token_id", None)
@@ -235,6 +266,19 @@ def decoder_layer(layer, hidden: torch.Tensor, position_embeddings, cache) -> to
     attention_mask=None with batch 1 and no padding lets SDPA take its causal path (prefill) or attend to the
     whole cache (decoding, n = 1).
     """
-    out = layer(hidden, attention_mask=None, position_embeddings=position_embeddings, past_key_values=cache,
+    out = layer(hidden, attention_mask=None, position_embeddings=position_embeddings, **{_cache_kwarg(layer): cache},
                 use_cache=True)
     return out[0] if isinstance(out, tuple) else out                        # 4.57: tuple; 5.x: tensor
+
+
+def _cache_kwarg(layer) -> str:
+    """`cache` since transformers 5.24 (`past_key_values` still works there, with a FutureWarning), before that
+    `past_key_values`."""
+    cls = type(layer)
+    if cls not in _CACHE_KWARG:
+        params = inspect.signature(cls.forward).parameters
+        _CACHE_KWARG[cls] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_KWARG[cls]
+
+
+_CACHE_KWARG: dict = {}

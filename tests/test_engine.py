@@ -182,6 +182,19 @@ def test_streaming_callback_sees_the_whole_answer(qm, paper):
     assert "".join(chunks).strip() == out["text"]
 
 
+def test_no_deprecated_transformers_calls(qm, paper):
+    """A deprecation warning from transformers today is a TypeError in a later release (5.24 renamed the
+    decoder layers' past_key_values to cache): prefill and decoding must not trigger any."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pf = stage3.compress(engine.prefill(paper, Q, get_paper_config()))
+        engine.generate(pf, engine.SamplingParams(max_new_tokens=3))
+    deprecations = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+                    if issubclass(w.category, (FutureWarning, DeprecationWarning)) and "transformers" in w.filename]
+    assert deprecations == []
+
+
 def test_stage1_only_runs_every_layer_on_the_merged_tokens(qm, paper):
     pf = engine.prefill(paper, Q, get_stage1_only_config())
     assert pf.pruning_layer == -1 and pf.kept_visual.numel() == paper.merged_tokens
