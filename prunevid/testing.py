@@ -19,6 +19,9 @@ from pathlib import Path
 
 import torch
 
+from .errors import ModelError
+
+MARKER = ".prunevid-tiny-model"   # written into every tiny model; overwrite=True deletes only folders that hold it
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
@@ -272,9 +275,14 @@ def build_tiny_model(path, *, num_hidden_layers=28, hidden_size=64, intermediate
     from safetensors.torch import save_file
 
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ModelError(f"{path} is a file, not a folder: give a folder for the tiny model")
     if path.exists() and any(path.iterdir()):
+        if not (path / MARKER).is_file():        # never delete a folder this function did not write
+            raise ModelError(f"{path} is not empty and is not a tiny model built by prunevid: give an empty or "
+                             "new folder")
         if not overwrite:
-            raise FileExistsError(f"{path} is not empty; pass overwrite=True to replace it")
+            raise ModelError(f"{path} already holds a tiny model: pass overwrite=True (--overwrite) to replace it")
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     p = dict(num_hidden_layers=num_hidden_layers, hidden_size=hidden_size, intermediate_size=intermediate_size,
@@ -304,6 +312,7 @@ def build_tiny_model(path, *, num_hidden_layers=28, hidden_size=64, intermediate
         "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
         "rescale_factor": 1 / 255, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
         "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2})
+    (path / MARKER).write_text("a random Qwen2.5-VL written by prunevid.testing.build_tiny_model\n")
     for f in path.iterdir():
         f.chmod(0o644)                                   # safetensors writes 0600; keep the folder shareable
     path.chmod(0o755)

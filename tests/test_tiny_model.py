@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from prunevid.errors import ModelError
 from prunevid.testing import SPECIAL_TOKENS, build_tiny_model
 
 transformers = pytest.importorskip("transformers")
@@ -116,9 +117,23 @@ def test_same_seed_same_bytes(tmp_path):
 
 def test_overwrite(tmp_path):
     path = build_tiny_model(tmp_path / "m", **SMALL)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(ModelError, match="--overwrite"):
         build_tiny_model(path, **SMALL)
+    before = (path / "model.safetensors").read_bytes()
     build_tiny_model(path, seed=1, overwrite=True, **SMALL)
+    assert (path / "model.safetensors").read_bytes() != before
+
+
+def test_overwrite_never_deletes_a_foreign_folder(tmp_path):
+    precious = tmp_path / "work"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(ModelError, match="not a tiny model built by prunevid"):
+        build_tiny_model(precious, overwrite=True, **SMALL)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelError, match="is a file"):
+        build_tiny_model(tmp_path / "file", **SMALL)
 
 
 def test_tiny_model_path_is_cached(tmp_path, monkeypatch):
