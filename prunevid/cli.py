@@ -13,17 +13,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
 from .config import PRESETS, get_preset
-from .errors import PruneVidError
+from .errors import InputError, ModelError, PruneVidError
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 
 
 def _status(msg: str) -> None:
-    print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
+    """One transient status line on a terminal (rewritten in place, cleared with ""); plain lines in a log."""
+    if sys.stderr.isatty():
+        print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
+    elif msg:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _check_writable(path: str) -> None:
+    """Fail before an expensive run rather than after it, when the --json file cannot be written."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise InputError(f"--json {path}: cannot write there (is the folder missing, or is it a folder itself?)")
 
 
 def resolve_video(arg: str) -> str:
@@ -46,29 +58,42 @@ def cmd_ask(a) -> int:
     from .stats import format_stats
 
     video = a.video or a.video_path
-    question = a.question_pos or a.question
-    if not video or not question:
-        print("prunevid ask: give a VIDEO and a QUESTION", file=sys.stderr)
+    question = a.question_pos if a.question_pos is not None else a.question
+    if not video or question is None:
+        print("prunevid ask: give a VIDEO and a QUESTION (prunevid ask --help)", file=sys.stderr)
         return 2
     if not question.strip():
-        print("prunevid: error: question is empty: ask something about the video", file=sys.stderr)
-        return 2
-    overrides = {k: v for k, v in (("max_frames", a.max_frames), ("keep_ratio", a.keep_ratio),
-                                   ("pruning_layer", a.pruning_layer)) if v is not None}
+        raise InputError("the question is empty: ask something about the video")
+    if a.json:
+        _check_writable(a.json)
+    overrides = {k: v for k, v in (("max_frames", a.max_frames), ("max_pixels", a.max_pixels),
+                                   ("keep_ratio", a.keep_ratio), ("pruning_layer", a.pruning_layer)) if v is not None}
     config = get_preset(a.config or a.preset, verbose=False, **overrides)
+    if not config.enable_stage2 and (a.keep_ratio is not None or a.pruning_layer is not None):
+        print(f"prunevid: note: preset {a.config or a.preset!r} has Stage 2 off, so --keep-ratio and "
+              "--pruning-layer change nothing", file=sys.stderr)
     t0 = time.perf_counter()
-    _status(f"reading {video} ...")               # before the model: a bad video should not cost a model load
+    _status(f"reading {video} ...")     # before the model: a bad video or a blown budget should not cost a load
     clip = read_video(resolve_video(video), config)
+    engine.check_budget(clip, config)
     _status(f"loading {a.model} ...")
     pv = PruneVidQwen25VL(resolve_model(a.model), config=config, device=a.device, dtype=a.dtype)
     _status(f"vision tower + Stage 1 on {clip.frames.shape[0]} frames ...")
     encoded = engine.encode(pv.model, clip, config)
     layers = pv.model.num_layers
-    out = pv.answer(encoded, question, a.max_new_tokens, on_text=lambda s: print(s, end="", flush=True),
-                    progress=lambda i, n: _status(f"prefill: layer {i}/{layers}") if n == layers else None,
+
+    def on_text(piece: str) -> None:
+        _status("")                     # the answer starts: the status line gives way to it
+        print(piece, end="", flush=True)
+
+    def progress(i: int, n: int) -> None:
+        if n == layers and sys.stderr.isatty():
+            _status(f"prefill: layer {i}/{layers}")
+
+    out = pv.answer(encoded, question, a.max_new_tokens, on_text=on_text, progress=progress,
                     do_sample=a.do_sample, temperature=a.temperature, top_p=a.top_p, seed=a.seed)
-    print(flush=True)
     _status("")
+    print(flush=True)
     stats = out["stats"]
     stats["timings"]["end_to_end_s"] = time.perf_counter() - t0
     if a.stats or a.verbose:
@@ -81,7 +106,10 @@ def cmd_ask(a) -> int:
 
 def cmd_make_tiny_model(a) -> int:
     from .testing import build_tiny_model
-    path = build_tiny_model(a.dir, overwrite=a.overwrite)
+    try:
+        path = build_tiny_model(a.dir, overwrite=a.overwrite)
+    except OSError as e:                # e.g. a parent path that is a file, or no permission
+        raise ModelError(f"cannot build a tiny model in {a.dir}: {e.strerror or e}") from e
     print(path)
     return 0
 
@@ -99,19 +127,20 @@ def main(argv=None) -> int:
     ask.add_argument("question_pos", nargs="?", metavar="QUESTION")
     ask.add_argument("--video_path", help=argparse.SUPPRESS)
     ask.add_argument("--question", help=argparse.SUPPRESS)
-    ask.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    ask.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="PruneVid settings (default: %(default)s)")
     ask.add_argument("--config", choices=sorted(PRESETS), help=argparse.SUPPRESS)
-    ask.add_argument("--model", default=DEFAULT_MODEL, help="local folder, hub id, or 'tiny'")
-    ask.add_argument("--device", default="auto")
-    ask.add_argument("--dtype", default="auto")
-    ask.add_argument("--max-new-tokens", type=int, default=128)
-    ask.add_argument("--max-frames", type=int)
-    ask.add_argument("--keep-ratio", type=float)
-    ask.add_argument("--pruning-layer", type=int)
-    ask.add_argument("--do-sample", action="store_true")
-    ask.add_argument("--temperature", type=float, default=1.0)
-    ask.add_argument("--top-p", type=float, default=1.0)
-    ask.add_argument("--seed", type=int, default=0)
+    ask.add_argument("--model", default=DEFAULT_MODEL, help="local folder, hub id, or 'tiny' (default: %(default)s)")
+    ask.add_argument("--device", default="auto", help="auto | cuda | cuda:N | mps | cpu (default: %(default)s)")
+    ask.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32 (default: %(default)s)")
+    ask.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit (default: %(default)s)")
+    ask.add_argument("--max-frames", type=int, help="frames sampled from the video (default: the preset's, 16)")
+    ask.add_argument("--max-pixels", type=int, help="pixels per frame before the 28-px grid (default: preset's)")
+    ask.add_argument("--keep-ratio", type=float, help="Stage 2: share of video tokens kept (default: preset's)")
+    ask.add_argument("--pruning-layer", type=int, help="Stage 2: layer M of the selection (default: preset's)")
+    ask.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    ask.add_argument("--temperature", type=float, default=1.0, help="with --do-sample (default: %(default)s)")
+    ask.add_argument("--top-p", type=float, default=1.0, help="with --do-sample (default: %(default)s)")
+    ask.add_argument("--seed", type=int, default=0, help="with --do-sample (default: %(default)s)")
     ask.add_argument("--stats", action="store_true", help="print per-stage token counts, FLOPs and timings")
     ask.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
     ask.add_argument("--json", help="also write the answer and stats to this JSON file")

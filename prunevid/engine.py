@@ -73,26 +73,42 @@ class Prefill:
 
 # ---------------------------------------------------------------- encode (question independent)
 
+def visual_token_count(visual) -> int:
+    """LLM tokens a Clip or a list of images makes before Stage 1: one per 2 frames x 28 x 28 pixels.
+
+    Every Qwen2.5-VL checkpoint has 14-px patches, 2-frame temporal patches and a 2x2 merge, so the count needs
+    no model: callers check the budget before paying for a model load.
+    """
+    items = [visual.frames] if isinstance(visual, Clip) else [torch.as_tensor(im)[None] for im in visual]
+    return sum(-(-f.shape[0] // 2) * (f.shape[1] // 28) * (f.shape[2] // 28) for f in items)
+
+
+def check_budget(visual, config: PruneVidConfig) -> int:
+    """Raise BudgetError when `visual` would make more tokens than config.max_video_tokens; return the count."""
+    total = visual_token_count(visual)
+    if total > config.max_video_tokens:
+        desc = (f"{visual.frames.shape[0]} frames at {visual.frames.shape[2]}x{visual.frames.shape[1]}"
+                if isinstance(visual, Clip) else f"{len(visual)} image(s)")
+        raise BudgetError(f"{desc} make {total} visual tokens, over max_video_tokens={config.max_video_tokens}; "
+                          "lower max_frames or max_pixels")
+    return total
+
+
 def encode(qm: QwenModel, visual, config: PruneVidConfig, progress: Progress | None = None) -> Encoded:
     """Vision tower + Stage 1 for a Clip (video) or a list of [H, W, 3] uint8 images."""
     qwen.require_loaded(qm)
     items_in = [("video", visual)] if isinstance(visual, Clip) else [("image", im) for im in visual]
     if not items_in:
         raise InputError("no video or image given")
+    check_budget(visual, config)
     merge = qm.spatial_merge_size
-    prepared, total = [], 0
+    prepared = []
     for kind, x in items_in:
         frames = x.frames if kind == "video" else x[None]
         pixels, (t, h, w) = to_patches(frames, qm.image_mean, qm.image_std)
         grid = (t, h // merge, w // merge)
-        total += t * grid[1] * grid[2]
         sec = (2 / x.fps) if kind == "video" else 0.0   # temporal_patch_size frames per group at the sampled fps
         prepared.append((kind, frames, pixels, (t, h, w), grid, sec))
-    if total > config.max_video_tokens:
-        desc = (f"{visual.frames.shape[0]} frames at {visual.frames.shape[2]}x{visual.frames.shape[1]}"
-                if isinstance(visual, Clip) else f"{len(items_in)} image(s)")
-        raise BudgetError(f"{desc} make {total} visual tokens, over max_video_tokens={config.max_video_tokens}; "
-                          "lower max_frames or max_pixels")
 
     items, t_vision, t_stage1 = [], 0.0, 0.0
     for i, (kind, frames, pixels, thw, grid, sec) in enumerate(prepared):

@@ -92,7 +92,7 @@ def format_stats(stats: dict) -> str:
     s1, s2, s3, t = stats["stage1"], stats["stage2"], stats["stage3"], stats["timings"]
     lines = [
         f"Stage 1: {s1['original_tokens']} -> {s1['compressed_tokens']} video tokens "
-        f"({s1['reduction_percentage']:.1f}% fewer, {s1['segments']} segments, static {100 * s1['static_ratio']:.1f}%)"
+        f"({s1['reduction_percentage']:.1f}% fewer, {s1['segments']} segment{'' if s1['segments'] == 1 else 's'}, static {100 * s1['static_ratio']:.1f}%)"
         if s1["enabled"] else f"Stage 1: off ({s1['original_tokens']} video tokens)",
         f"Stage 2: {s2['original_tokens']} -> {s2['compressed_tokens']} video tokens after layer {s2['pruning_layer']}"
         if s2["enabled"] else "Stage 2: off",

@@ -89,3 +89,77 @@ def test_cli_seed_flags_and_errors(tiny_model_dir, capsys):
 def test_make_tiny_model_command(tmp_path, capsys):
     assert cli.main(["make-tiny-model", str(tmp_path / "m"), "--overwrite"]) == 0
     assert (tmp_path / "m" / "config.json").is_file()
+    capsys.readouterr()
+    assert cli.main(["make-tiny-model", str(tmp_path / "m")]) == 1
+    assert "already holds a tiny model: pass overwrite=True (--overwrite)" in capsys.readouterr().err
+    (tmp_path / "f").write_text("x")
+    assert cli.main(["make-tiny-model", str(tmp_path / "f" / "m")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("prunevid: error: cannot build a tiny model in") and err.count("\n") == 1
+
+
+def test_cli_fails_fast_before_loading_the_model(tmp_path, capsys):
+    """Errors a user can fix come as one line, before the (minutes long) model load: the model path is bogus."""
+    ask = lambda *extra: cli.main(["ask", "sample:bigbuckbunny.mp4", *extra, "--model", "/no/such/model"])
+    assert ask("") == 1
+    assert capsys.readouterr().err.strip() == "prunevid: error: the question is empty: ask something about the video"
+    assert ask(Q, "--json", str(tmp_path / "missing-dir" / "out.json")) == 1
+    assert "--json" in capsys.readouterr().err
+    assert ask(Q, "--max-frames", "32", "--max-pixels", "1000000") == 1
+    err = capsys.readouterr().err
+    assert "visual tokens, over max_video_tokens=16384" in err and "does not exist" not in err
+    assert ask(Q, "--preset", "stage1_only", "--keep-ratio", "0.3") == 1
+    assert "has Stage 2 off, so --keep-ratio and --pruning-layer change nothing" in capsys.readouterr().err
+
+
+def test_cli_status_line_gives_way_to_the_answer_on_a_terminal(tiny_model_dir, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    term = Terminal()
+    monkeypatch.setattr(sys, "stdout", term)
+    monkeypatch.setattr(sys, "stderr", term)
+    assert cli.main(["ask", "sample:bikes.mp4", Q, "--model", str(tiny_model_dir), "--max-frames", "4",
+                     "--max-new-tokens", "4"]) == 0
+    shown = term.getvalue()
+    after_prefill = shown.rsplit("prefill: layer 28/28", 1)[1]
+    assert after_prefill.startswith("\r\033[K") and len(after_prefill) > len("\r\033[K\n")
+
+
+HUB_LOAD = """
+import sys, time
+from prunevid import qwen
+from prunevid.errors import ModelError
+t0 = time.perf_counter()
+try:
+    qm = qwen.load(sys.argv[1], dtype="fp32", device="cpu")
+    print("loaded", qm.model.config.model_type, qm.num_layers)
+except ModelError as e:
+    print("ModelError", e)
+print(f"seconds {time.perf_counter() - t0:.1f}")
+"""
+
+
+def test_hub_id_loads_from_the_hf_cache_when_the_hub_is_unreachable(tiny_model_dir, tmp_path):
+    """A hub id works offline from the Hugging Face cache at once, and an uncached one fails at once (no retries)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    repo = tmp_path / "hub" / "models--someone--tiny-qwen"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_ENDPOINT": "http://127.0.0.1:9",
+           "HF_HUB_OFFLINE": "0"}           # port 9 (discard) is closed: the hub is unreachable
+    run = lambda repo_id: subprocess.run([sys.executable, "-c", HUB_LOAD, repo_id], env=env, capture_output=True,
+                                         text=True, timeout=300).stdout
+    out = run("someone/tiny-qwen")
+    assert "loaded qwen2_5_vl 28" in out, out
+    assert float(out.split("seconds ")[1]) < 20, out
+    out = run("someone/not-cached")
+    assert "ModelError cannot download 'someone/not-cached'" in out and "not in the Hugging Face cache" in out, out
+    assert float(out.split("seconds ")[1]) < 10, out
