@@ -37,11 +37,14 @@ from .stats import format_stats   # stdlib only, like this module
 GENERATE = "PruneVidGenerate"
 LOAD_VIDEO = "PruneVidLoadVideo"
 STAGE2 = "PruneVidStage2Select"
-MODEL_LOADER = "PruneVidModelLoader"
 PREVIEW_ANY = "PreviewAny"
 BINARY_TEXT = 3                       # ComfyUI's BinaryEventTypes.TEXT
-API_DIR = Path(__file__).resolve().parent.parent / "workflows" / "api"
+# the shipped API workflows: workflows/api in a checkout (and an editable install), prunevid/workflows in a wheel
+API_DIR = next((d for d in (Path(__file__).resolve().parent.parent / "workflows" / "api",
+                            Path(__file__).resolve().parent / "workflows") if d.is_dir()),
+               Path(__file__).resolve().parent / "workflows")
 HTTP_TIMEOUT = 30.0
+SILENCE_POLL = 10.0                   # seconds without a websocket event before /history is checked
 
 
 class ComfyError(Exception):
@@ -60,6 +63,10 @@ class ConnectionLost(ComfyError):
 
 class RunTimeout(ComfyError):
     pass
+
+
+class Interrupted(ComfyError):
+    """Ctrl-C during a run; the message says what happened to the prompt on the server."""
 
 
 # --------------------------------------------------------------------------------------------------- addresses
@@ -217,7 +224,11 @@ class WebSocket:
                 code = struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None
                 raise WebSocketClosed(f"the server closed the websocket (code {code})")
             if opcode == 0x9:                                    # ping
-                self.send(0xA, payload)
+                try:
+                    self.send(0xA, payload)
+                except OSError as e:
+                    self.closed = True
+                    raise WebSocketClosed(_reason(e)) from None
                 continue
             if opcode == 0xA:                                    # pong
                 continue
@@ -467,7 +478,11 @@ def apply_set(prompt: dict, assignment: str) -> list:
         raise ComfyError(f"--set {assignment!r}: no node with id, class_type or title {node!r} in the workflow")
     for nid in ids:
         inputs = prompt[nid]["inputs"]
-        if name in inputs and _is_link(inputs[name]):
+        if name not in inputs:                 # a typo would otherwise run the workflow unchanged
+            widgets = sorted(k for k, v in inputs.items() if not _is_link(v))
+            raise ComfyError(f"--set {assignment!r}: {_node_label(prompt, nid)} has no input {name!r}; its "
+                             f"widgets are: {', '.join(widgets) or '(none)'}")
+        if _is_link(inputs[name]):
             raise ComfyError(f"--set {assignment!r}: {_node_label(prompt, nid)} input {name!r} is connected to "
                              "another node, not a widget")
         try:
@@ -620,11 +635,14 @@ def run(server: str, prompt: dict, *, timeout: float = 3600.0, display: Display 
     streamed: dict = {}
     cached: list = []
     ws = client.websocket(client_id)                     # before queueing, or early events are lost
-    prompt_id = None
+    prompt_id = str(uuid.uuid4())                        # ours from the start: Ctrl-C during the POST can cancel it
+    queued = False
     try:
-        prompt_id = client.queue_prompt(prompt, client_id, prompt_id=str(uuid.uuid4()))
+        prompt_id = client.queue_prompt(prompt, client_id, prompt_id=prompt_id)   # old servers pick their own
+        queued = True
         display.status(f"queued prompt {prompt_id} on ComfyUI at {client.server}")
         reconnects = 0
+        heard = time.monotonic()
         while True:
             left = timeout - (time.monotonic() - t0)
             if left <= 0:
@@ -640,7 +658,12 @@ def run(server: str, prompt: dict, *, timeout: float = 3600.0, display: Display 
                     break
                 continue
             if msg is None:
+                if time.monotonic() - heard > SILENCE_POLL:     # a lost final event must not hang us
+                    heard = time.monotonic()
+                    if _finished(client, prompt_id):
+                        break
                 continue
+            heard = time.monotonic()
             is_text, payload = msg
             if not is_text:
                 if len(payload) >= 8 and struct.unpack(">I", payload[:4])[0] == BINARY_TEXT:
@@ -688,39 +711,52 @@ def run(server: str, prompt: dict, *, timeout: float = 3600.0, display: Display 
                 "elapsed_s": round(time.monotonic() - t0, 3)}
     except (ComfyError, KeyboardInterrupt) as e:
         display.finish()
-        if prompt_id is not None and isinstance(e, (KeyboardInterrupt, RunTimeout)):
+        if isinstance(e, (KeyboardInterrupt, RunTimeout)):
             try:
-                client.cancel(prompt_id)
+                client.cancel(prompt_id)                   # also when the POST was cut short: it may have landed
             except ComfyError:
                 pass
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted(f"interrupted: prompt {prompt_id} was cancelled on the server" if queued else
+                              f"interrupted while queueing prompt {prompt_id}; cancelled it on the server in case it "
+                              "had arrived") from None
         raise
     finally:
-        ws.close()
+        if ws is not None:
+            ws.close()
 
 
 def _after_disconnect(client: ComfyClient, prompt_id: str, client_id: str, why: str, reconnects: int):
-    """The websocket dropped: (new websocket, finished?) if the server is still there, else a clear error."""
+    """The websocket dropped: (new websocket, finished?) if the server is still there, else a clear error.
+
+    The new websocket opens before /history is read: a prompt that finishes after the check then still sends
+    its execution_success to us, and one that finished before it shows in /history. (The other order loses a
+    prompt finishing in between; run() also polls /history when the websocket stays silent.)
+    """
+    if reconnects >= 3:
+        raise ConnectionLost(f"the websocket to ComfyUI at {client.server} keeps dropping ({why})")
+    time.sleep(0.5)
     try:
-        entry = client.history(prompt_id)
-        if entry is not None and (entry.get("status") or {}).get("completed") is not None:
-            return _Dummy(), True                          # it finished meanwhile
-        state = client.queued(prompt_id)
+        ws = client.websocket(client_id)
+        finished = _finished(client, prompt_id)
+        state = None if finished else client.queued(prompt_id)
     except ServerUnreachable as e:
         raise ConnectionLost(f"lost the connection to ComfyUI at {client.server} while prompt {prompt_id} was "
                              f"running ({why}), and the server no longer answers ({e.reason}): did it stop or "
                              "crash? Its console says why") from None
-    if entry is None and state is None:
+    if finished:
+        ws.close()
+        return None, True
+    if state is None and client.history(prompt_id) is None:
+        ws.close()
         raise ConnectionLost(f"ComfyUI at {client.server} restarted while prompt {prompt_id} was running; "
                              "the prompt is lost: submit it again")
-    if reconnects >= 3:
-        raise ConnectionLost(f"the websocket to ComfyUI at {client.server} keeps dropping ({why})")
-    time.sleep(0.5)
-    return client.websocket(client_id), False
+    return ws, False
 
 
-class _Dummy:
-    def close(self):
-        pass
+def _finished(client: ComfyClient, prompt_id: str) -> bool:
+    entry = client.history(prompt_id)
+    return entry is not None and (entry.get("status") or {}).get("completed") is not None
 
 
 def _wait_history(client: ComfyClient, prompt_id: str, wait: float = 30.0) -> dict:
@@ -789,11 +825,14 @@ def cmd_submit(a) -> int:
             node = patch_video(prompt, name)
             display.status(f"uploaded {a.video} as {name!r} (read by {_node_label(prompt, node)})")
         result = run(client.server, prompt, timeout=a.timeout, display=display, client=client)
+    except Interrupted as e:
+        print(f"prunevid submit: {e}", file=err)
+        return 130
     except ComfyError as e:
         print(f"prunevid submit: error: {e}", file=err)
         return 1
-    except KeyboardInterrupt:
-        print("prunevid submit: interrupted (a prompt already queued was cancelled on the server)", file=err)
+    except KeyboardInterrupt:                               # before run(): at most an upload happened
+        print("prunevid submit: interrupted before the prompt was queued; nothing runs on the server", file=err)
         return 130
     answers = extract_results(prompt, result["outputs"])
     first = answers[0] if answers else {"answer": None, "stats": None}
@@ -827,11 +866,3 @@ def cmd_submit(a) -> int:
                 print(f"prunevid submit: error: cannot write {a.json!r}: {e.strerror or e}", file=err)
                 return 1
     return 0
-
-
-def main_submit(argv=None) -> int:
-    import argparse
-    ap = argparse.ArgumentParser(prog="prunevid")
-    register(ap.add_subparsers(dest="cmd", required=True))
-    a = ap.parse_args(["submit", *(sys.argv[1:] if argv is None else argv)])
-    return a.func(a)

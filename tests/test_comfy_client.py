@@ -44,7 +44,8 @@ class FakeComfy:
     """Answers /upload/image, /prompt, /ws, /history, /queue the way ComfyUI does, following a script.
 
     script(pid) -> list of websocket actions: dict (JSON event), ("text", node, text), ("bytes", b),
-    ("fragmented", dict), "stop" (the server goes away: listening socket closed, websocket dropped).
+    ("fragmented", dict), "stop" (the server goes away: listening socket closed, websocket dropped), "drop" (the
+    websocket drops, the server stays), "finish" (the prompt ends without any event).
     """
 
     def __init__(self, script=None, prompt_reply=None, outputs=None, status=None):
@@ -54,6 +55,7 @@ class FakeComfy:
         self.status = status or {"status_str": "success", "completed": True, "messages": []}
         self.uploads, self.prompts, self.ws_clients, self.interrupts = [], [], [], []
         self.running = False
+        self.finish_on_connect = None          # n: the prompt finishes, silently, as the n-th websocket connects
         self.posted = threading.Event()
         self.done = False
         fake = self
@@ -109,6 +111,9 @@ class FakeComfy:
                 self._json(404, {})
 
             def _websocket(self):
+                fake.ws_clients.append(self.path.split("=", 1)[1])
+                if len(fake.ws_clients) == fake.finish_on_connect:
+                    fake.done = True                   # the prompt ends while this websocket is being opened
                 key = self.headers["Sec-WebSocket-Key"].encode()
                 accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
                 self.send_response(101)
@@ -118,12 +123,14 @@ class FakeComfy:
                 self.end_headers()
                 self.wfile.flush()
                 self.close_connection = True
-                fake.ws_clients.append(self.path.split("=", 1)[1])
                 send = lambda b: (self.wfile.write(b), self.wfile.flush())
                 send(ws_frame(1, json.dumps({"type": "status", "data": {"status": {}, "sid": "x"}}).encode()))
                 if not fake.posted.wait(5):
                     return
                 for action in fake.script(fake.pid):
+                    if action == "finish":                 # the prompt ends, but no event says so
+                        fake.done = True
+                        continue
                     if action in ("stop", "drop"):         # drop: the websocket goes, the server stays
                         if action == "stop":
                             fake.stop()
@@ -327,3 +334,67 @@ def test_video_goes_to_the_node_that_reads_it():
     interop = cc.load_workflow(PAPER.parent / "core_loadvideo_interop.json")
     assert cc.patch_video(interop, "clip.mp4") == "2"
     assert interop["11"]["class_type"] == "LoadVideo" and interop["11"]["inputs"]["file"] == "clip.mp4"
+
+
+def test_prompt_finishing_while_the_websocket_reconnects_is_not_missed(capsys):
+    first = []
+
+    def script(pid):                   # the 1st websocket drops; the 2nd one never hears a thing
+        first.append(pid)
+        return [{"type": "execution_start", "data": {"prompt_id": pid}}, "drop"] if len(first) == 1 else []
+    fake = FakeComfy(script, outputs=PAPER_OUTPUTS)
+    fake.running = True
+    fake.finish_on_connect = 2         # its execution_success went to no one: only /history can tell
+    t0 = time.monotonic()
+    rc = submit(fake.address, "--timeout", "30")
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert out.strip() == ANSWER and len(fake.ws_clients) == 2
+    assert time.monotonic() - t0 < cc.SILENCE_POLL             # found via /history, not by waiting out silence
+
+
+def test_silent_websocket_still_ends_when_the_prompt_does(capsys, monkeypatch):
+    monkeypatch.setattr(cc, "SILENCE_POLL", 0.5)
+    fake = FakeComfy(lambda pid: [{"type": "execution_start", "data": {"prompt_id": pid}}, "finish"],
+                     outputs=PAPER_OUTPUTS)
+    fake.running = True
+    t0 = time.monotonic()
+    rc = submit(fake.address, "--timeout", "20")
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert out.strip() == ANSWER and time.monotonic() - t0 < 10
+
+
+def test_ctrl_c_while_queueing_cancels_the_prompt(capsys, monkeypatch):
+    fake = FakeComfy(lambda pid: [{"type": "execution_start", "data": {"prompt_id": pid}}])
+    fake.running = True
+    queue_prompt = cc.ComfyClient.queue_prompt
+
+    def interrupted_reply(self, *a, **kw):         # the POST lands, Ctrl-C arrives before its reply is read
+        queue_prompt(self, *a, **kw)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cc.ComfyClient, "queue_prompt", interrupted_reply)
+    rc = submit(fake.address)
+    err = capsys.readouterr().err
+    assert rc == 130 and "Traceback" not in err
+    assert f"interrupted while queueing prompt {fake.pid}; cancelled it" in err
+    assert fake.interrupts == [{"prompt_id": fake.pid}]
+
+
+def test_set_rejects_an_input_the_node_does_not_have(capsys):
+    prompt = cc.load_workflow(PAPER)
+    with pytest.raises(cc.ComfyError, match="has no input 'keep_ration'; its widgets are: .*keep_ratio"):
+        cc.apply_set(prompt, "4.keep_ration=0.2")
+    assert "keep_ration" not in prompt["4"]["inputs"]
+    assert submit("127.0.0.1:1", "--set", "PruneVidGenerate.max_new_token=5") == 1
+    assert "has no input 'max_new_token'" in capsys.readouterr().err
+
+
+def test_json_dash_prints_the_report_on_stdout(capsys):
+    fake = FakeComfy(success_script, outputs=PAPER_OUTPUTS)
+    rc = submit(fake.address, "--json", "-", "--quiet")
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    report = json.loads(out)                                     # stdout is exactly one JSON document
+    assert report["answer"] == ANSWER and report["stats"]["stage1"]["compressed_tokens"] == 84
+    assert report["prompt_id"] == fake.pid and report["streamed"] == {"6": ANSWER}
