@@ -44,7 +44,6 @@ import datetime as _dt
 import gc
 import hashlib
 import json
-import math
 import os
 import platform
 import shlex
@@ -74,8 +73,8 @@ VISION_SHARE_RANGE = (0.22, 0.32)
 TARGETS = [  # (key, description, test) for the paper preset; value = the measured number in the ratios
     ("prefill_speedup", "LLM prefill speed-up >= 4x", lambda v: v >= 4.0),
     ("ttft_speedup", "first-question TTFT speed-up >= 2.2x", lambda v: v >= 2.2),
-    ("ttft_of_bound", "first-question TTFT speed-up within 5 % of the bound from the token counts",
-     lambda v: v >= 0.95),
+    ("ttft_of_bound", "first-question TTFT speed-up within 5 % of the bound from the token counts (above the "
+     "bound by more than 5 % means timing noise)", lambda v: 0.95 <= v <= 1.05),
     ("ttft2_speedup", "second-question TTFT speed-up >= 4x", lambda v: v >= 4.0),
     ("kv_ratio", "KV-cache bytes <= 20 % of baseline", lambda v: v <= 0.20),
     ("peak_over_baseline", "peak memory never above baseline (max of preset <= min of baseline)",
@@ -278,32 +277,19 @@ def default_root() -> Path:
 
 def bench_model_path(models_dir: Path, spec: dict | None = None, fullatt=None) -> Path:
     """Build the bench model once into models_dir (cached by its spec) and return its folder."""
-    import shutil
-    import tempfile
-
-    from .testing import build_tiny_model
+    from .testing import build_once, build_tiny_model
     spec = dict(BENCH_MODEL if spec is None else spec)
     fullatt = BENCH_FULLATT if fullatt is None else fullatt
     key = hashlib.sha256(json.dumps([spec, fullatt], sort_keys=True).encode()).hexdigest()[:10]
-    target = Path(models_dir) / f"bench-qwen2.5-vl-7b-shape-{key}"
-    if (target / ".complete").is_file():
-        return target
-    Path(models_dir).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=models_dir))
-    try:
-        build_tiny_model(tmp, overwrite=True, **spec)
-        cfg_path = tmp / "config.json"
+
+    def build(folder: Path) -> None:
+        build_tiny_model(folder, overwrite=True, **spec)
+        cfg_path = folder / "config.json"
         cfg = json.loads(cfg_path.read_text())
         cfg["vision_config"]["fullatt_block_indexes"] = [i for i in fullatt if i < spec["vision_depth"]]
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-        (tmp / "bench_spec.json").write_text(json.dumps({"build_tiny_model": spec, "fullatt": fullatt}, indent=2))
-        (tmp / ".complete").write_text("ok\n")
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        (folder / "bench_spec.json").write_text(json.dumps({"build_tiny_model": spec, "fullatt": fullatt}, indent=2))
+    return build_once(Path(models_dir) / f"bench-qwen2.5-vl-7b-shape-{key}", build)
 
 
 # ---------------------------------------------------------------- one measured run
@@ -543,7 +529,7 @@ def render_markdown(res: dict) -> str:
     L.append("")
     L.append(f"- Command: `{meta['command']}` — wall time {meta['wall_time_s'] / 60:.1f} min")
     L.append(f"- Machine: {mach['cpu']}, {mach['logical_cpus']} logical CPUs, torch threads {mach['torch_threads']}, "
-             f"{mach['ram_gib']:.0f} GiB RAM; {mach['os']}; Python {mach['python']}, torch {mach['torch']}, "
+             f"{'?' if mach['ram_gib'] is None else round(mach['ram_gib'])} GiB RAM; {mach['os']}; Python {mach['python']}, torch {mach['torch']}, "
              f"transformers {mach['transformers']}; {meta['dtype']} on {meta['device']}, SDPA")
     L.append(f"- Model: {meta['model_description']}")
     vs = [c["vision_share"] for c in res["cases"] if c.get("vision_share")]
@@ -555,7 +541,7 @@ def render_markdown(res: dict) -> str:
                  + ", ".join(f"{100 * v['qwen2.5-vl-7b_flops']:.1f} %" for v in vs)
                  + "); measured time share: "
                  + ", ".join("–" if v["bench_time"] is None else f"{100 * v['bench_time']:.1f} %" for v in vs))
-    L.append(f"- Median of {meta['reps']} repetitions (min–max), presets interleaved per repetition; "
+    L.append(f"- Median of {meta['reps']} repetition{'s' if meta['reps'] != 1 else ''} (min–max), presets interleaved per repetition; "
              f"{meta['new_tokens']} new tokens per answer. TTFT = vision tower + Stage 1 + LLM prefill + Stage 3 + "
              "first token (video decoding excluded); end-to-end adds video decoding and the remaining tokens; "
              "2nd-q TTFT = a second question on the kept Stage-1 output (vision tower not re-run). Peak = process "
@@ -649,7 +635,7 @@ def machine_info(threads: int) -> dict:
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):
-        ram = float("nan")
+        ram = None
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": threads, "ram_gib": ram,
             "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
             "torch": torch.__version__, "transformers": transformers.__version__}
@@ -801,11 +787,7 @@ def worker(args) -> int:
 
 
 def _json_default(o):
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
+    return str(o)                  # Paths, numpy scalars and the like
 
 
 def _command_line(argv) -> str:
@@ -850,11 +832,33 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def check_args(ap: argparse.ArgumentParser, args) -> None:
+    """Bad values stop here with a usage error, not minutes later inside the worker."""
+    from .config import PRESETS
+    for name in ("reps", "new_tokens", "threads"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    unknown = [p for p in (args.presets or "").split(",") if p.strip() and p.strip() not in PRESETS]
+    if unknown:
+        ap.error(f"--presets: unknown {', '.join(unknown)}; choose from {', '.join(PRESET_ORDER)}")
+    try:
+        frames = [int(f) for f in args.frames.split(",")] if args.frames else []
+    except ValueError:
+        ap.error(f"--frames {args.frames!r}: write whole numbers separated by commas, e.g. 16,32")
+    if any(f < 2 for f in frames):
+        ap.error("--frames: every frame count must be at least 2")
+    for v in (args.videos or "").split(","):
+        if v.strip() and v.strip() not in VIDEOS and not Path(v.strip()).is_file():
+            ap.error(f"--videos: {v.strip()!r} is neither a sample ({', '.join(VIDEOS)}) nor a file")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
+    check_args(ap, args)
     command = _command_line(argv)
     if args.name is None:
         args.name = "full" if args.full else ("custom" if (args.videos or args.frames or args.presets) else "default")

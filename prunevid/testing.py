@@ -319,24 +319,19 @@ def build_tiny_model(path, *, num_hidden_layers=28, hidden_size=64, intermediate
     return path
 
 
-def tiny_model_path() -> Path:
-    """The default tiny model, built once into a cache folder and reused.
+def build_once(target: Path, build) -> Path:
+    """`build(folder)` into a temporary sibling of `target`, renamed into place when complete; reused after that.
 
-    The folder is $PRUNEVID_CACHE (or ~/.cache/prunevid) / tiny-qwen2.5-vl-<hash>. The hash covers this module's
-    source, which holds the default parameters and the builder, so changing either gives a fresh model; it does
-    not cover the transformers version, since the files are the same whichever version builds them. The model is
-    built in a temporary sibling folder and renamed into place, so an interrupted build never leaves a half model
-    that later runs would trust.
+    An interrupted build never leaves a half model that later runs would trust (`.complete` marks a whole one),
+    and two processes building at once both end with a complete folder.
     """
-    root = Path(os.environ.get("PRUNEVID_CACHE") or Path.home() / ".cache" / "prunevid")
-    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
-    target = root / f"tiny-qwen2.5-vl-{digest}"
+    target = Path(target)
     if (target / ".complete").is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
     try:
-        build_tiny_model(tmp, overwrite=True)
+        build(tmp)
         (tmp / ".complete").write_text("ok\n")
         if target.exists() and not (target / ".complete").is_file():    # a leftover without the marker
             shutil.rmtree(target, ignore_errors=True)
@@ -348,3 +343,15 @@ def tiny_model_path() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def tiny_model_path() -> Path:
+    """The default tiny model, built once into a cache folder and reused.
+
+    The folder is $PRUNEVID_CACHE (or ~/.cache/prunevid) / tiny-qwen2.5-vl-<hash>. The hash covers this module's
+    source, which holds the default parameters and the builder, so changing either gives a fresh model; it does
+    not cover the transformers version, since the files are the same whichever version builds them.
+    """
+    root = Path(os.environ.get("PRUNEVID_CACHE") or Path.home() / ".cache" / "prunevid")
+    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    return build_once(root / f"tiny-qwen2.5-vl-{digest}", lambda folder: build_tiny_model(folder, overwrite=True))

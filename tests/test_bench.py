@@ -82,3 +82,32 @@ def test_cli_entry_point(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["bench", "--help"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: prunevid bench")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--reps", "0"], "--reps must be at least 1"),
+    (["--new-tokens", "0"], "--new-tokens must be at least 1"),
+    (["--presets", "paper,papr"], "--presets: unknown papr"),
+    (["--frames", "16,x"], "write whole numbers"),
+    (["--frames", "1"], "at least 2"),
+    (["--videos", "nosuchclip"], "neither a sample"),
+])
+def test_bad_arguments_stop_before_any_work(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(args)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_markdown_says_repetition_in_the_singular(result):
+    assert "Median of 1 repetition (min" in bench.render_markdown(result)
+
+
+def test_bench_model_is_built_once_with_its_vision_layout(tmp_path):
+    spec = dict(bench.BENCH_MODEL, num_hidden_layers=2, intermediate_size=64, vision_depth=3)
+    path = bench.bench_model_path(tmp_path, spec, fullatt=[1, 7])
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["vision_config"]["fullatt_block_indexes"] == [1] and cfg["vision_config"]["depth"] == 3
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert bench.bench_model_path(tmp_path, spec, fullatt=[1, 7]) == path
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]          # no build leftovers
