@@ -44,6 +44,7 @@ import datetime as _dt
 import gc
 import hashlib
 import json
+import math
 import os
 import platform
 import shlex
@@ -656,17 +657,22 @@ def describe_model(qm, dims) -> str:
 
 def plan(args) -> list:
     """[(video, frames, presets, second_question)] in run order."""
-    presets = [p.strip() for p in args.presets.split(",")] if args.presets else None
+    presets = _items(args.presets) or None
     second = not args.no_second_question
     if args.full or args.videos or args.frames:
-        videos = [v.strip() for v in args.videos.split(",")] if args.videos else list(VIDEOS)
-        frames = [int(f) for f in args.frames.split(",")] if args.frames else FRAMES
+        videos = _items(args.videos) or list(VIDEOS)
+        frames = [int(f) for f in _items(args.frames)] or FRAMES
         return [(v, f, presets or PRESET_ORDER, second) for f in frames for v in videos]
     # default: every preset on the three videos at 16 frames (the library's default max_frames), and baseline +
     # paper on bigbuckbunny at 32 and 64 frames for the scaling table (first question only)
     main = [(v, 16, presets or PRESET_ORDER, second) for v in VIDEOS]
     scale = [("bigbuckbunny", f, presets or ["baseline", "paper"], False) for f in (32, 64)]
     return main + scale
+
+
+def _items(arg: str | None) -> list:
+    """A comma-separated option as a list, blanks dropped ("paper," is just paper)."""
+    return [x.strip() for x in (arg or "").split(",") if x.strip()]
 
 
 def _video_path(name: str) -> str:
@@ -770,7 +776,7 @@ def worker(args) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else root / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     md = render_markdown(res)
-    (out_dir / f"{args.name}.json").write_text(json.dumps(res, indent=1, default=_json_default) + "\n")
+    (out_dir / f"{args.name}.json").write_text(json.dumps(_finite(res), indent=1, default=_json_default) + "\n")
     (out_dir / f"{args.name}.md").write_text(md)
     print(md)
     if args.readme:
@@ -788,6 +794,17 @@ def worker(args) -> int:
 
 def _json_default(o):
     return str(o)                  # Paths, numpy scalars and the like
+
+
+def _finite(x):
+    """NaN and infinities become null: json.dumps would write NaN, which strict JSON readers reject."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def _command_line(argv) -> str:
@@ -838,18 +855,18 @@ def check_args(ap: argparse.ArgumentParser, args) -> None:
     for name in ("reps", "new_tokens", "threads"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
-    unknown = [p for p in (args.presets or "").split(",") if p.strip() and p.strip() not in PRESETS]
+    unknown = [p for p in _items(args.presets) if p not in PRESETS]
     if unknown:
-        ap.error(f"--presets: unknown {', '.join(unknown)}; choose from {', '.join(PRESET_ORDER)}")
+        ap.error(f"--presets: unknown {', '.join(unknown)}; choose from {', '.join(sorted(PRESETS))}")
     try:
-        frames = [int(f) for f in args.frames.split(",")] if args.frames else []
+        frames = [int(f) for f in _items(args.frames)]
     except ValueError:
         ap.error(f"--frames {args.frames!r}: write whole numbers separated by commas, e.g. 16,32")
     if any(f < 2 for f in frames):
         ap.error("--frames: every frame count must be at least 2")
-    for v in (args.videos or "").split(","):
-        if v.strip() and v.strip() not in VIDEOS and not Path(v.strip()).is_file():
-            ap.error(f"--videos: {v.strip()!r} is neither a sample ({', '.join(VIDEOS)}) nor a file")
+    for v in _items(args.videos):
+        if v not in VIDEOS and not Path(v).is_file():
+            ap.error(f"--videos: {v!r} is neither a sample ({', '.join(VIDEOS)}) nor a file")
 
 
 def main(argv=None) -> int:

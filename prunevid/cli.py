@@ -34,8 +34,9 @@ def _status(msg: str) -> None:
 def _check_writable(path: str) -> None:
     """Fail before an expensive run rather than after it, when the --json file cannot be written."""
     parent = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise InputError(f"--json {path}: cannot write there (is the folder missing, or is it a folder itself?)")
+    if os.path.isdir(path) or not os.path.isdir(parent) or not os.access(parent, os.W_OK) or \
+            (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise InputError(f"--json {path}: cannot write there (a missing or read-only folder, a read-only file, or a folder?)")
 
 
 def resolve_video(arg: str) -> str:
@@ -82,8 +83,12 @@ def cmd_ask(a) -> int:
     encoded = engine.encode(pv.model, clip, config)
     layers = pv.model.num_layers
 
+    answering = []
+
     def on_text(piece: str) -> None:
-        _status("")                     # the answer starts: the status line gives way to it
+        if not answering:               # the answer starts: the status line gives way to it (once: a later
+            _status("")                 # clear would wipe the answer's line, stdout and stderr being one terminal)
+            answering.append(True)
         print(piece, end="", flush=True)
 
     def progress(i: int, n: int) -> None:
@@ -92,15 +97,19 @@ def cmd_ask(a) -> int:
 
     out = pv.answer(encoded, question, a.max_new_tokens, on_text=on_text, progress=progress,
                     do_sample=a.do_sample, temperature=a.temperature, top_p=a.top_p, seed=a.seed)
-    _status("")
+    if not answering:
+        _status("")
     print(flush=True)
     stats = out["stats"]
     stats["timings"]["end_to_end_s"] = time.perf_counter() - t0
     if a.stats or a.verbose:
         print(format_stats(stats), file=sys.stderr)
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"answer": out["answer"], "stats": stats}, f, indent=2)
+        try:
+            with open(a.json, "w") as f:
+                json.dump({"answer": out["answer"], "stats": stats}, f, indent=2)
+        except OSError as e:
+            raise InputError(f"--json {a.json}: cannot write it: {e.strerror or e}") from e
     return 0
 
 

@@ -37,8 +37,8 @@ STAGE2 = "PruneVidStage2Select"
 PREVIEW_ANY = "PreviewAny"
 BINARY_TEXT = 3                       # ComfyUI's BinaryEventTypes.TEXT
 # the shipped API workflows: workflows/api in a checkout (and an editable install), prunevid/workflows in a wheel
-API_DIR = next((d for d in (Path(__file__).resolve().parent.parent / "workflows" / "api",
-                            Path(__file__).resolve().parent / "workflows") if d.is_dir()),
+API_DIR = next((d for d in (Path(__file__).resolve().parent / "workflows",
+                            Path(__file__).resolve().parent.parent / "workflows" / "api") if d.is_dir()),
                Path(__file__).resolve().parent / "workflows")
 HTTP_TIMEOUT = 30.0
 SILENCE_POLL = 10.0                   # seconds without a websocket event before /history is checked
@@ -62,7 +62,7 @@ class RunTimeout(ComfyError):
     pass
 
 
-class Interrupted(ComfyError):
+class Interrupted(KeyboardInterrupt):
     """Ctrl-C during a run; the message says what happened to the prompt on the server."""
 
 
@@ -190,13 +190,17 @@ class ComfyClient:
                 return state
         return None
 
-    def cancel(self, prompt_id: str) -> None:
-        """Drop the prompt from the queue, or interrupt it if it is the one running (never someone else's)."""
+    def cancel(self, prompt_id: str) -> str | None:
+        """Drop the prompt from the queue, or interrupt it if it is the one running (never someone else's).
+
+        Returns what it found: "pending" (removed), "running" (interrupted) or None (neither queued nor running).
+        """
         state = self.queued(prompt_id)
         if state == "pending":
             self.post_json("/queue", {"delete": [prompt_id]})
         elif state == "running":
             self.post_json("/interrupt", {"prompt_id": prompt_id})
+        return state
 
     def websocket(self, client_id: str) -> WebSocket:
         try:
@@ -501,6 +505,7 @@ def run(server: str, prompt: dict, *, timeout: float = 3600.0, display: Display 
                         break
                 continue
             heard = time.monotonic()
+            reconnects = 0                                 # only drops in a row count as "keeps dropping"
             is_text, payload = msg
             if not is_text:
                 if len(payload) >= 8 and struct.unpack(">I", payload[:4])[0] == BINARY_TEXT:
@@ -515,8 +520,11 @@ def run(server: str, prompt: dict, *, timeout: float = 3600.0, display: Display 
                 m = json.loads(payload)
             except ValueError:
                 continue
-            kind, data = m.get("type"), m.get("data") or {}
-            if isinstance(data, dict) and data.get("prompt_id") not in (None, prompt_id):
+            if not isinstance(m, dict):
+                continue                                   # not an event of ComfyUI's: {"type", "data"}
+            kind, data = m.get("type"), m.get("data")
+            data = data if isinstance(data, dict) else {}
+            if data.get("prompt_id") not in (None, prompt_id):
                 continue                                   # another prompt of this client
             events[kind] = events.get(kind, 0) + 1
             if kind == "execution_start":
@@ -549,14 +557,9 @@ def run(server: str, prompt: dict, *, timeout: float = 3600.0, display: Display 
     except (ComfyError, KeyboardInterrupt) as e:
         display.finish()
         if isinstance(e, (KeyboardInterrupt, RunTimeout)):
-            try:
-                client.cancel(prompt_id)                   # also when the POST was cut short: it may have landed
-            except ComfyError:
-                pass
-        if isinstance(e, KeyboardInterrupt):
-            raise Interrupted(f"interrupted: prompt {prompt_id} was cancelled on the server" if queued else
-                              f"interrupted while queueing prompt {prompt_id}; cancelled it on the server in case it "
-                              "had arrived") from None
+            outcome = _cancel(client, prompt_id)           # also when the POST was cut short: it may have landed
+            if isinstance(e, KeyboardInterrupt):
+                raise Interrupted(("interrupted: " if queued else "interrupted while queueing: ") + outcome) from None
         raise
     finally:
         if ws is not None:
@@ -570,25 +573,40 @@ def _after_disconnect(client: ComfyClient, prompt_id: str, client_id: str, why: 
     its execution_success to us, and one that finished before it shows in /history. (The other order loses a
     prompt finishing in between; run() also polls /history when the websocket stays silent.)
     """
-    if reconnects >= 3:
-        raise ConnectionLost(f"the websocket to ComfyUI at {client.server} keeps dropping ({why})")
     time.sleep(0.5)
+    ws = None
     try:
         ws = client.websocket(client_id)
-        finished = _finished(client, prompt_id)
-        state = None if finished else client.queued(prompt_id)
-    except ServerUnreachable as e:
-        raise ConnectionLost(f"lost the connection to ComfyUI at {client.server} while prompt {prompt_id} was "
-                             f"running ({why}), and the server no longer answers ({e.reason}): did it stop or "
-                             "crash? Its console says why") from None
-    if finished:
-        ws.close()
-        return None, True
-    if state is None and client.history(prompt_id) is None:
-        ws.close()
-        raise ConnectionLost(f"ComfyUI at {client.server} restarted while prompt {prompt_id} was running; "
-                             "the prompt is lost: submit it again")
-    return ws, False
+        if _finished(client, prompt_id):
+            ws.close()
+            return None, True
+        if reconnects >= 3:
+            raise ConnectionLost(f"the websocket to ComfyUI at {client.server} keeps dropping ({why})")
+        if client.queued(prompt_id) is None and client.history(prompt_id) is None:
+            raise ConnectionLost(f"ComfyUI at {client.server} restarted while prompt {prompt_id} was running; "
+                                 "the prompt is lost: submit it again")
+        return ws, False
+    except BaseException as e:
+        if ws is not None:
+            ws.close()
+        if isinstance(e, ServerUnreachable):
+            raise ConnectionLost(f"lost the connection to ComfyUI at {client.server} while prompt {prompt_id} was "
+                                 f"running ({why}), and the server no longer answers ({e.reason}): did it stop or "
+                                 "crash? Its console says why") from None
+        raise
+
+
+def _cancel(client: ComfyClient, prompt_id: str) -> str:
+    """Cancel the prompt on the server; say what happened (for the Ctrl-C message)."""
+    try:
+        state = client.cancel(prompt_id)
+    except (ComfyError, KeyboardInterrupt) as e:          # a dead server, or a second Ctrl-C
+        why = "a second Ctrl-C" if isinstance(e, KeyboardInterrupt) else str(e)
+        return (f"could not cancel prompt {prompt_id} on ComfyUI at {client.server} ({why}); remove it in "
+                "ComfyUI's queue if it is there")
+    return {"pending": f"prompt {prompt_id} was removed from ComfyUI's queue",
+            "running": f"prompt {prompt_id} was interrupted on ComfyUI",
+            None: f"prompt {prompt_id} is neither queued nor running on ComfyUI (it finished, or never arrived)"}[state]
 
 
 def _finished(client: ComfyClient, prompt_id: str) -> bool:
@@ -619,6 +637,9 @@ def _history_error(prompt: dict, status: dict) -> str:
     for kind, data in status.get("messages") or []:
         if kind == "execution_error":
             return _failure(prompt, data)
+        if kind == "execution_interrupted":
+            return (f"the prompt was interrupted on the server at "
+                    f"{_node_label(prompt, data.get('node_id'), data.get('node_type'))}")
     return f"ComfyUI reports the prompt failed: {status}"
 
 

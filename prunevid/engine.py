@@ -18,10 +18,10 @@ import torch
 from . import positions as P
 from . import qwen, stage1, stage2, stats
 from .config import PruneVidConfig
-from .errors import BudgetError, ConfigError, InputError
+from .errors import BudgetError, ConfigError, InputError, VideoError
 from .kv_cache import KVCache
 from .qwen import QwenModel
-from .video import Clip, to_patches
+from .video import FACTOR, Clip, to_patches
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 Progress = Callable[[int, int], None]   # progress(done, total); may raise to interrupt (ComfyUI does)
@@ -74,13 +74,17 @@ class Prefill:
 # ---------------------------------------------------------------- encode (question independent)
 
 def visual_token_count(visual) -> int:
-    """LLM tokens a Clip or a list of images makes before Stage 1: one per 2 frames x 28 x 28 pixels.
+    """LLM tokens a Clip or a list of [H, W, 3] images makes before Stage 1: one per 2 frames x 28 x 28 pixels.
 
-    Every Qwen2.5-VL checkpoint has 14-px patches, 2-frame temporal patches and a 2x2 merge, so the count needs
-    no model: callers check the budget before paying for a model load.
+    Every Qwen2.5-VL checkpoint has 14-px patches, 2-frame temporal patches and a 2x2 merge (FACTOR = 28), so the
+    count needs no model: callers check the budget before paying for a model load.
     """
-    items = [visual.frames] if isinstance(visual, Clip) else [torch.as_tensor(im)[None] for im in visual]
-    return sum(-(-f.shape[0] // 2) * (f.shape[1] // 28) * (f.shape[2] // 28) for f in items)
+    shapes = [tuple(visual.frames.shape)] if isinstance(visual, Clip) else \
+        [(1, *getattr(im, "shape", ())) for im in visual]
+    for shape in shapes:
+        if len(shape) != 4:
+            raise VideoError(f"an image of shape {list(shape[1:])}: expected [H, W, 3]")
+    return sum(-(-t // 2) * (h // FACTOR) * (w // FACTOR) for t, h, w, _ in shapes)
 
 
 def check_budget(visual, config: PruneVidConfig) -> int:
@@ -100,7 +104,7 @@ def encode(qm: QwenModel, visual, config: PruneVidConfig, progress: Progress | N
     items_in = [("video", visual)] if isinstance(visual, Clip) else [("image", im) for im in visual]
     if not items_in:
         raise InputError("no video or image given")
-    check_budget(visual, config)
+    check_budget(visual if isinstance(visual, Clip) else [im for _, im in items_in], config)
     merge = qm.spatial_merge_size
     prepared = []
     for kind, x in items_in:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,28 +140,58 @@ def _hub_offline(repo_id: str) -> bool:
     """True when the hub cannot be reached (or HF_HUB_OFFLINE is set) and `repo_id` is in the local HF cache.
 
     Without the hub, transformers retries every request for about half a minute before it falls back to the
-    cache, or fails. A 5-second connection probe avoids that: a cached model loads at once from the cache, an
+    cache, or fails. A short connection probe avoids that: a cached model loads at once from the cache, an
     uncached one fails at once with a message that says what to do.
     """
-    import socket
-    import urllib.parse
     from huggingface_hub import constants, try_to_load_from_cache
 
-    cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    if constants.HF_HUB_OFFLINE:
-        reachable = False
-    else:
-        url = urllib.parse.urlsplit(constants.ENDPOINT)
-        try:
-            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), 5).close()
-            reachable = True
-        except OSError:
-            reachable = False
+    try:
+        cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError as e:                  # HFValidationError: not a well-formed repo id
+        raise ModelError(f"{repo_id!r} is neither a local folder nor a valid hub id: {e}") from None
+    reachable = not constants.HF_HUB_OFFLINE and _reachable(constants.ENDPOINT)
     if not reachable and not cached:
         raise ModelError(f"cannot download {repo_id!r}: {constants.ENDPOINT} is not reachable (or HF_HUB_OFFLINE is "
                          "set) and the model is not in the Hugging Face cache. Download it on a connected machine "
                          "(huggingface-cli download) or point model_path at a local folder")
     return not reachable
+
+
+def _reachable(endpoint: str, timeout: float = 5.0) -> bool:
+    """Can a TCP connection to the endpoint (or to the proxy the hub client would use) open within `timeout` s?"""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    try:
+        url = urllib.parse.urlsplit(endpoint)
+        host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+        proxies = urllib.request.getproxies()              # HTTPS_PROXY / ALL_PROXY, as requests and httpx read them
+        proxy = proxies.get(url.scheme) or proxies.get("all")
+        if proxy and host and not urllib.request.proxy_bypass(host):
+            p = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+            host, port = p.hostname, p.port or (443 if p.scheme == "https" else 80)
+    except ValueError as e:
+        raise ModelError(f"HF_ENDPOINT or a proxy variable is not a valid URL ({endpoint!r}): {e}") from None
+    if not host:
+        raise ModelError(f"HF_ENDPOINT {endpoint!r} is not a URL like https://huggingface.co")
+    deadline = time.monotonic() + timeout
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    for family, kind, proto, _, address in addresses:      # one deadline for all of them
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        with socket.socket(family, kind, proto) as sock:
+            sock.settimeout(left)
+            try:
+                sock.connect(address)
+                return True
+            except OSError:
+                continue
+    return False
 
 
 def _read_processor_stats(source: str, offline: bool = False) -> tuple:

@@ -279,8 +279,8 @@ def build_tiny_model(path, *, num_hidden_layers=28, hidden_size=64, intermediate
         raise ModelError(f"{path} is a file, not a folder: give a folder for the tiny model")
     if path.exists() and any(path.iterdir()):
         if not (path / MARKER).is_file():        # never delete a folder this function did not write
-            raise ModelError(f"{path} is not empty and is not a tiny model built by prunevid: give an empty or "
-                             "new folder")
+            raise ModelError(f"{path} is not empty and is not a tiny model built by prunevid (an older one has no "
+                             f"{MARKER} file: delete it yourself): give an empty or new folder")
         if not overwrite:
             raise ModelError(f"{path} already holds a tiny model: pass overwrite=True (--overwrite) to replace it")
         shutil.rmtree(path)

@@ -88,6 +88,7 @@ def test_cli_entry_point(capsys):
     (["--reps", "0"], "--reps must be at least 1"),
     (["--new-tokens", "0"], "--new-tokens must be at least 1"),
     (["--presets", "paper,papr"], "--presets: unknown papr"),
+    (["--presets", "paper,,papr,"], "--presets: unknown papr;"),
     (["--frames", "16,x"], "write whole numbers"),
     (["--frames", "1"], "at least 2"),
     (["--videos", "nosuchclip"], "neither a sample"),
@@ -111,3 +112,9 @@ def test_bench_model_is_built_once_with_its_vision_layout(tmp_path):
     assert bench.bench_model_path(tmp_path, spec, fullatt=[1, 7]) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [path.name]          # no build leftovers
+
+
+def test_blank_list_entries_are_ignored_and_json_is_strict():
+    args = bench.build_parser().parse_args(["--videos", "bikes,", "--frames", "4,", "--presets", "paper, ,baseline"])
+    assert bench.plan(args) == [("bikes", 4, ["paper", "baseline"], True)]
+    assert bench._finite({"a": [1.0, float("nan")], "b": float("inf")}) == {"a": [1.0, None], "b": None}

@@ -377,8 +377,24 @@ def test_ctrl_c_while_queueing_cancels_the_prompt(capsys, monkeypatch):
     rc = submit(fake.address)
     err = capsys.readouterr().err
     assert rc == 130 and "Traceback" not in err
-    assert f"interrupted while queueing prompt {fake.pid}; cancelled it" in err
+    assert f"prunevid submit: interrupted while queueing: prompt {fake.pid} was interrupted on ComfyUI" in err
     assert fake.interrupts == [{"prompt_id": fake.pid}]
+
+
+def test_ctrl_c_when_the_server_is_gone_says_the_prompt_may_still_be_there(capsys, monkeypatch):
+    fake = FakeComfy(lambda pid: [{"type": "execution_start", "data": {"prompt_id": pid}}, "stop"])
+    queue_prompt = cc.ComfyClient.queue_prompt
+
+    def interrupted_reply(self, *a, **kw):
+        pid = queue_prompt(self, *a, **kw)
+        fake.stop()                                  # the server goes away, then the user presses Ctrl-C
+        time.sleep(0.2)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cc.ComfyClient, "queue_prompt", interrupted_reply)
+    rc = submit(fake.address)
+    err = capsys.readouterr().err
+    assert rc == 130 and "Traceback" not in err
+    assert f"could not cancel prompt {fake.pid} on ComfyUI at {fake.address}" in err and "remove it" in err
 
 
 def test_set_rejects_an_input_the_node_does_not_have(capsys):

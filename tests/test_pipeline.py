@@ -126,7 +126,9 @@ def test_cli_status_line_gives_way_to_the_answer_on_a_terminal(tiny_model_dir, m
                      "--max-new-tokens", "4"]) == 0
     shown = term.getvalue()
     after_prefill = shown.rsplit("prefill: layer 28/28", 1)[1]
-    assert after_prefill.startswith("\r\033[K") and len(after_prefill) > len("\r\033[K\n")
+    # one clear, then the answer, and nothing that would wipe the answer's line again
+    assert after_prefill.startswith("\r\033[K") and after_prefill.count("\r") == 1
+    assert len(after_prefill.strip()) > len("\033[K")
 
 
 HUB_LOAD = """
@@ -163,3 +165,21 @@ def test_hub_id_loads_from_the_hf_cache_when_the_hub_is_unreachable(tiny_model_d
     out = run("someone/not-cached")
     assert "ModelError cannot download 'someone/not-cached'" in out and "not in the Hugging Face cache" in out, out
     assert float(out.split("seconds ")[1]) < 10, out
+
+
+def test_hub_probe_goes_through_the_proxy_the_hub_client_would_use(monkeypatch):
+    import socket
+    from prunevid import qwen
+    from prunevid.errors import ModelError
+    with socket.socket() as proxy:                 # a listening "proxy"; the hub host itself does not resolve
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen()
+        for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        assert not qwen._reachable("https://hub.invalid")
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        assert qwen._reachable("https://hub.invalid")
+        monkeypatch.setenv("NO_PROXY", "hub.invalid")
+        assert not qwen._reachable("https://hub.invalid")
+    with pytest.raises(ModelError, match="neither a local folder nor a valid hub id"):
+        qwen.load("someone/bad..name")
