@@ -386,7 +386,7 @@ def test_ctrl_c_when_the_server_is_gone_says_the_prompt_may_still_be_there(capsy
     queue_prompt = cc.ComfyClient.queue_prompt
 
     def interrupted_reply(self, *a, **kw):
-        pid = queue_prompt(self, *a, **kw)
+        queue_prompt(self, *a, **kw)
         fake.stop()                                  # the server goes away, then the user presses Ctrl-C
         time.sleep(0.2)
         raise KeyboardInterrupt
