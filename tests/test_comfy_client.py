@@ -414,3 +414,19 @@ def test_json_dash_prints_the_report_on_stdout(capsys):
     report = json.loads(out)                                     # stdout is exactly one JSON document
     assert report["answer"] == ANSWER and report["stats"]["stage1"]["compressed_tokens"] == 84
     assert report["prompt_id"] == fake.pid and report["streamed"] == {"6": ANSWER}
+
+
+def test_an_interrupted_prompt_found_in_history_is_named():
+    prompt = cc.load_workflow(PAPER)
+    status = {"status_str": "error", "completed": False, "messages": [
+        ["execution_start", {"prompt_id": "p"}],
+        ["execution_interrupted", {"prompt_id": "p", "node_id": "6", "node_type": "PruneVidGenerate"}]]}
+    assert cc._history_error(prompt, status) == \
+        "the prompt was interrupted on the server at node 6 (PruneVidGenerate 'Generate')"
+
+
+def test_python_dash_m_prunevid_is_the_command():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "prunevid", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "usage: prunevid" in out.stdout and "submit" in out.stdout
