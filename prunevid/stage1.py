@@ -48,44 +48,69 @@ class MergedTokens:
 def segment_groups(group_feats: torch.Tensor, ratio: float, k: int) -> list[tuple[int, int]]:
     """Split G temporal groups into contiguous segments.
 
-    group_feats: [G, C] mean feature of each group. DPC-KNN with int(G * ratio) clusters (>= 1) labels the
-    groups; each label keeps its longest run(s) (a label whose longest run is 1 is dissolved); the other runs
-    are unassigned, and each stretch of unassigned groups joins the longer neighbouring kept run (ties go left).
-    Returns half-open ranges covering 0..G in order; each is >= 2 groups long when G >= 2.
+    group_feats: [G, C] mean feature of each group. DPC-KNN with int(G * ratio) clusters (>= 1) labels the groups,
+    then contiguous_segments makes the labels contiguous. Returns half-open ranges covering 0..G in order; each is
+    >= 2 groups long when G >= 2.
     """
     G = group_feats.shape[0]
     if G < 2:
         return [(0, G)]
     labels, _ = dpc_knn(group_feats[None], max(1, int(G * ratio)), k)
-    labels = labels[0].tolist()
+    return contiguous_segments(labels[0].tolist())
 
-    runs = []  # [label, start, end]
+
+def contiguous_segments(labels: list) -> list[tuple[int, int]]:
+    """The authors' rule for turning per-group cluster labels into segments.
+
+    Each label keeps its longest run(s); a label whose longest run is one group is dissolved; every other run
+    becomes unassigned. Left to right, each unassigned stretch takes the label of the neighbour whose same-label
+    stretch is longer, counted in the labels as refilled so far (ties go left). Segments are then cut where the
+    label changes, so two kept runs of one label joined by a refilled stretch form ONE segment:
+    A A B A A B B B -> (0, 5), (5, 8). Nothing kept at all -> one segment.
+    """
+    G = len(labels)
+    runs = _runs(labels)
+    longest = {}
+    for lab, s, e in runs:
+        longest[lab] = max(longest.get(lab, 0), e - s)
+    refined = list(labels)
+    for lab, s, e in runs:
+        if e - s < longest[lab] or longest[lab] < 2:
+            refined[s:e] = [None] * (e - s)
+    if all(lab is None for lab in refined):
+        return [(0, G)]
+
+    def extent(i: int, step: int) -> int:
+        """Length of the same-label stretch that starts at i and runs in direction step."""
+        j = i
+        while 0 <= j < G and refined[j] == refined[i]:
+            j += step
+        return abs(j - i)
+
+    g = 0
+    while g < G:
+        if refined[g] is not None:
+            g += 1
+            continue
+        end = g
+        while end < G and refined[end] is None:
+            end += 1
+        left = extent(g - 1, -1) if g > 0 else 0
+        right = extent(end, 1) if end < G else 0
+        refined[g:end] = [refined[g - 1] if g > 0 and left >= right else refined[end]] * (end - g)
+        g = end
+    return [(s, e) for _, s, e in _runs(refined)]
+
+
+def _runs(labels: list) -> list[list]:
+    """Maximal runs of equal labels as [label, start, end] (end exclusive)."""
+    runs = []
     for g, lab in enumerate(labels):
         if runs and runs[-1][0] == lab:
             runs[-1][2] = g + 1
         else:
             runs.append([lab, g, g + 1])
-    longest = {}
-    for lab, s, e in runs:
-        longest[lab] = max(longest.get(lab, 0), e - s)
-    kept = [(s, e) for lab, s, e in runs if e - s == longest[lab] and e - s >= 2]
-    if not kept:
-        return [(0, G)]
-
-    segments = [list(r) for r in kept]
-    # unassigned stretches: before the first kept run, between kept runs, after the last one
-    for i in range(len(segments) + 1):
-        lo = segments[i - 1][1] if i > 0 else 0
-        hi = segments[i][0] if i < len(segments) else G
-        if lo == hi:
-            continue
-        left = segments[i - 1] if i > 0 else None
-        right = segments[i] if i < len(segments) else None
-        if right is None or (left is not None and left[1] - left[0] >= right[1] - right[0]):
-            left[1] = hi
-        else:
-            right[0] = lo
-    return [tuple(s) for s in segments]
+    return runs
 
 
 def static_mask(groups: torch.Tensor, tau: float) -> torch.Tensor:

@@ -88,6 +88,28 @@ def test_segments_are_contiguous_and_cover_all_groups():
         assert all(e - s >= 2 for s, e in segs)
 
 
+def test_refilled_stretch_joins_two_runs_of_one_label_into_one_segment():
+    """The authors' rule (audit case): a one-group flash between two runs of A is refilled with A, and segments
+    are cut only where the refilled label changes."""
+    A, B = 0, 1
+    assert stage1.contiguous_segments([A, A, B, A, A, B, B, B]) == [(0, 5), (5, 8)]
+    # the same through DPC-KNN: groups 0, 1, 3, 4 look alike, group 2 flashes to what groups 5-7 show
+    a, b = video_feats(G=1, seed=11)[0].mean(0), video_feats(G=1, seed=12)[0].mean(0)
+    feats = torch.stack([a, a, b, a, a, b, b, b]) + 0.01 * video_feats(G=1, h=1, w=8, seed=13)[0]
+    assert stage1.segment_groups(feats, 0.25, 3) == [(0, 5), (5, 8)]
+
+
+def test_refill_compares_neighbours_as_refilled_so_far():
+    A, B, C, D = 0, 1, 2, 3
+    # C and D are one-group labels (dissolved). C's stretch ties 2 vs 2 and goes left to A; D's left neighbour is then
+    # the five-group A stretch, longer than B's three, so D goes to A too
+    assert stage1.contiguous_segments([A, A, C, A, A, D, B, B, B]) == [(0, 6), (6, 9)]
+    assert stage1.contiguous_segments([C, A, A, B, B, B]) == [(0, 3), (3, 6)]       # a leading stretch goes right
+    assert stage1.contiguous_segments([A, A, B, B, B, C]) == [(0, 2), (2, 6)]       # a trailing one goes left
+    assert stage1.contiguous_segments([A, B, C, D]) == [(0, 4)]                     # nothing kept: one segment
+    assert stage1.contiguous_segments([A, A, B, B, A, B, B, B]) == [(0, 2), (2, 8)]  # shorter runs are unassigned
+
+
 def test_provenance_and_representatives_are_consistent():
     feats = video_feats(G=8, h=6, w=6, seed=7)
     feats[:4] = feats[0]               # a static first half
