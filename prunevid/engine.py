@@ -66,6 +66,7 @@ class Prefill:
     keep_seq: torch.Tensor      # [n] sequence indices kept after layer M (all of them without Stage 2)
     kept_visual: torch.Tensor   # [k] indices into the concatenated merged tokens that survived Stage 2
     encoded: Encoded
+    scores: torch.Tensor | None  # [N] float32 Stage 2 score of every merged visual token (None: no scoring ran)
     stats: dict
     compressed: bool = False
     hidden: torch.Tensor | None = None   # [n, D] final normed hidden states of all tokens (tests only)
@@ -241,7 +242,7 @@ def prefill(encoded: Encoded, question: str, config: PruneVidConfig, system_prom
     prune = config.enable_stage2 and (config.keep_ratio < 1.0 or keep_visual is not None)
     keep_seq = torch.arange(h.shape[1])
     kept_visual = torch.arange(seq.visual_cols.numel())
-    t_score = 0.0
+    scores, t_score = None, 0.0
     for i, layer in enumerate(qm.layers):
         if prune and i == M:
             ts = time.perf_counter()
@@ -250,8 +251,8 @@ def prefill(encoded: Encoded, question: str, config: PruneVidConfig, system_prom
                               if config.score_with_rope else None)
                 scores = stage2.question_attention(layer, h[0], seq.query_start, seq.visual_cols.to(qm.device),
                                                    config.attention_aggregation, score_rope)
-                kept_visual = stage2.select(scores.cpu(), seq.blocks, config.keep_ratio,
-                                            config.selection_granularity)
+                scores = scores.cpu()
+                kept_visual = stage2.select(scores, seq.blocks, config.keep_ratio, config.selection_granularity)
             else:
                 kept_visual = keep_visual.cpu().sort().values
             is_visual = torch.zeros(h.shape[1], dtype=torch.bool)
@@ -273,7 +274,7 @@ def prefill(encoded: Encoded, question: str, config: PruneVidConfig, system_prom
     st["timings"] = {**encoded.timings, "prefill_s": prefill_s, "stage2_scoring_s": t_score}
     return Prefill(model=qm, cache=cache, logits=logits, next_position=seq.next_position, prompt_ids=seq.text_ids,
                    pruning_layer=M if prune else -1, keep_seq=keep_seq, kept_visual=kept_visual, encoded=encoded,
-                   stats=st, hidden=h[0] if return_hidden else None)
+                   scores=scores, stats=st, hidden=h[0] if return_hidden else None)
 
 
 # ---------------------------------------------------------------- decode

@@ -17,6 +17,7 @@ import torch
 from .errors import ModelError
 
 SUPPORTED_TRANSFORMERS = ">=4.57,<6"
+ATTENTIONS = ("sdpa", "flash_attention_2", "eager")   # what the loaders offer (plus "auto"); every one is tested
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)   # Qwen2.5-VL's processor defaults
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -108,16 +109,24 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
-def resolve_attention(attention: str = "sdpa") -> str:
-    """sdpa everywhere; flash_attention_2 only when the package is installed (else sdpa, silently safe)."""
+def resolve_attention(attention: str, device: torch.device, dtype: torch.dtype) -> str:
+    """sdpa everywhere; flash_attention_2 when the flash-attn package is installed and the model runs on CUDA in
+    bf16/fp16 (what its kernels take); auto = flash_attention_2 when it can run, else sdpa; eager is the slow
+    reference (the engine passes it an explicit causal mask, see decoder_layer)."""
+    if attention not in (*ATTENTIONS, "auto"):
+        raise ModelError(f"attention must be sdpa, flash_attention_2, eager or auto, got {attention!r}")
     if attention in ("flash_attention_2", "auto"):
         try:
             import flash_attn  # noqa: F401
-            return "flash_attention_2"
         except ImportError:
-            return "sdpa"
-    if attention not in ("sdpa", "eager"):
-        raise ModelError(f"attention must be sdpa, flash_attention_2, eager or auto, got {attention!r}")
+            return "sdpa"      # documented fallback: the pack's default workflows must run without flash-attn
+        runnable = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+        if runnable:
+            return "flash_attention_2"
+        if attention == "flash_attention_2":
+            raise ModelError(f"attention flash_attention_2 runs only on CUDA in bf16 or fp16, not on {device.type} in "
+                             f"{str(dtype).replace('torch.', '')}; choose sdpa, or dtype bf16/fp16 on a CUDA device")
+        return "sdpa"
     return attention
 
 
@@ -215,7 +224,7 @@ def load(model_path: str, dtype: str = "auto", device: str = "auto", attention: 
 
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    attn = resolve_attention(attention)
+    attn = resolve_attention(attention, dev, torch_dtype)
     local = Path(os.path.expanduser(str(model_path)))
     if local.exists():
         if not local.is_dir():
@@ -294,12 +303,26 @@ def rotary(qm: QwenModel, hidden: torch.Tensor, positions: torch.Tensor):
 def decoder_layer(layer, hidden: torch.Tensor, position_embeddings, cache) -> torch.Tensor:
     """One decoder layer on hidden [1, n, D], appending its keys/values to `cache`.
 
-    attention_mask=None with batch 1 and no padding lets SDPA take its causal path (prefill) or attend to the
-    whole cache (decoding, n = 1).
+    Batch 1 without padding needs no mask for SDPA (causal when n > 1, the whole cache when n = 1) nor for
+    flash-attention (causal, aligned to the end of the cache); eager attention only adds the mask it is given, so it
+    gets an explicit causal one (causal_mask).
     """
-    out = layer(hidden, attention_mask=None, position_embeddings=position_embeddings, **{_cache_kwarg(layer): cache},
-                use_cache=True)
+    out = layer(hidden, attention_mask=causal_mask(layer, hidden, cache), position_embeddings=position_embeddings,
+                **{_cache_kwarg(layer): cache}, use_cache=True)
     return out[0] if isinstance(out, tuple) else out                        # 4.57: tuple; 5.x: tensor
+
+
+def causal_mask(layer, hidden: torch.Tensor, cache) -> torch.Tensor | None:
+    """The additive mask [1, 1, n, past + n] that eager attention needs for n > 1 new tokens after `past` cached ones
+    (query i sees keys up to past + i); None for every other implementation and for a single token."""
+    n = hidden.shape[1]
+    if n == 1 or layer.self_attn.config._attn_implementation != "eager":
+        return None
+    past = cache.get_seq_length(layer.self_attn.layer_idx)
+    query = torch.arange(past, past + n, device=hidden.device)
+    key = torch.arange(past + n, device=hidden.device)
+    mask = torch.zeros(n, past + n, dtype=hidden.dtype, device=hidden.device)
+    return mask.masked_fill_(key[None, :] > query[:, None], torch.finfo(hidden.dtype).min)[None, None]
 
 
 def _cache_kwarg(layer) -> str:
