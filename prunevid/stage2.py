@@ -57,9 +57,9 @@ def question_attention(layer, hidden: torch.Tensor, query_start: int, video_cols
 def select(scores: torch.Tensor, block: torch.Tensor, keep_ratio: float, granularity: str = "block") -> torch.Tensor:
     """Indices (ascending, so order is preserved) of the video tokens to keep.
 
-    scores, block: [N]. granularity "block" keeps floor(keep_ratio * n_b) of each block b (a segment's static
-    block or one group's dynamic block, as in the authors' code); "global" keeps the top ceil(keep_ratio * N).
-    At least one token is always kept.
+    scores, block: [N]. granularity "block" keeps int(n_b * keep_ratio) of each block b (a segment's static block
+    or one group's dynamic block), exactly as the authors' code: the float product truncated, no rounding guard,
+    so 90 * 0.7 = 62.999... keeps 62. "global" keeps the top ceil(keep_ratio * N). At least one token is always kept.
     """
     N = scores.shape[0]
     if granularity == "global":
@@ -71,7 +71,7 @@ def select(scores: torch.Tensor, block: torch.Tensor, keep_ratio: float, granula
     sizes = torch.bincount(block, minlength=int(block.max()) + 1)
     starts = torch.cumsum(sizes, 0) - sizes
     rank = torch.arange(N, device=scores.device) - starts[block[order]]
-    quota = torch.floor(sizes.double() * keep_ratio + 1e-9).long()
+    quota = (sizes.double() * keep_ratio).long()           # float64 product truncated: Python's int(n * alpha)
     keep = order[rank < quota[block[order]]]
     if keep.numel() == 0:
         keep = scores.argmax().view(1)

@@ -58,7 +58,10 @@ def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, cache) -> dic
         "stage1": {"enabled": encoded.stage1 is not None, "original_tokens": n0, "compressed_tokens": n1,
                    "reduction_percentage": 100.0 * (1 - n1 / max(1, n0)), "static_ratio": static / max(1, n0),
                    "segments": sum(segments) if encoded.stage1 else 0},
-        "stage2": {"enabled": M >= 0, "original_tokens": n1, "compressed_tokens": n2, "keep_ratio": n2 / max(1, n1),
+        # keep_ratio is what was asked; kept_fraction what the per-block quotas int(n * keep_ratio) gave (less
+        # than keep_ratio when blocks are small)
+        "stage2": {"enabled": M >= 0, "original_tokens": n1, "compressed_tokens": n2,
+                   "keep_ratio": config.keep_ratio if M >= 0 else None, "kept_fraction": n2 / max(1, n1),
                    "pruning_layer": config.pruning_layer if M >= 0 else None},
         # kv_bytes_unpruned: what the unpruned prompt would cache (all layers, every token), for the real ratio
         "stage3": {"enabled": False, "kv_bytes_before": cache.nbytes(), "kv_bytes_after": cache.nbytes(),
@@ -94,7 +97,8 @@ def format_stats(stats: dict) -> str:
         f"Stage 1: {s1['original_tokens']} -> {s1['compressed_tokens']} video tokens "
         f"({s1['reduction_percentage']:.1f}% fewer, {s1['segments']} segment{'' if s1['segments'] == 1 else 's'}, static {100 * s1['static_ratio']:.1f}%)"
         if s1["enabled"] else f"Stage 1: off ({s1['original_tokens']} video tokens)",
-        f"Stage 2: {s2['original_tokens']} -> {s2['compressed_tokens']} video tokens after layer {s2['pruning_layer']}"
+        f"Stage 2: {s2['original_tokens']} -> {s2['compressed_tokens']} video tokens after layer {s2['pruning_layer']} "
+        f"(kept {100 * s2['kept_fraction']:.1f}% at keep_ratio {s2['keep_ratio']:g})"
         if s2["enabled"] else "Stage 2: off",
         f"Stage 3: KV cache {s3['kv_bytes_before'] / 2**20:.2f} MiB -> {s3['kv_bytes_after'] / 2**20:.2f} MiB"
         if s3["enabled"] else f"Stage 3: off (KV cache {s3['kv_bytes_after'] / 2**20:.2f} MiB)",

@@ -65,6 +65,15 @@ def test_block_selection_keeps_floor_per_block_in_order():
     assert keep.tolist() == [1, 4, 6]
 
 
+def test_block_quota_is_the_authors_truncated_product():
+    """int(n * alpha) as in the authors' code: 90 * 0.7 is 62.99999999999999 in floating point, so 62, not 63."""
+    for n in (90, 170, 180, 7, 10):
+        scores = torch.linspace(0, 1, n)
+        kept = stage2.select(scores, torch.zeros(n, dtype=torch.long), 0.7)
+        assert kept.numel() == max(1, int(n * 0.7))
+    assert int(90 * 0.7) == 62
+
+
 def test_global_selection_keeps_top_ceil():
     scores = torch.rand(100, generator=torch.Generator().manual_seed(2))
     keep = stage2.select(scores, torch.zeros(100, dtype=torch.long), 0.25, "global")
