@@ -21,7 +21,7 @@ from .config import PruneVidConfig
 from .errors import BudgetError, ConfigError, InputError, VideoError
 from .kv_cache import KVCache
 from .qwen import QwenModel
-from .video import FACTOR, Clip, to_patches
+from .video import Clip, to_patches, visual_tokens
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 Progress = Callable[[int, int], None]   # progress(done, total); may raise to interrupt (ComfyUI does)
@@ -85,7 +85,7 @@ def visual_token_count(visual) -> int:
     for shape in shapes:
         if len(shape) != 4:
             raise VideoError(f"an image of shape {list(shape[1:])}: expected [H, W, 3]")
-    return sum(-(-t // 2) * (h // FACTOR) * (w // FACTOR) for t, h, w, _ in shapes)
+    return sum(visual_tokens(t, h, w) for t, h, w, _ in shapes)
 
 
 def check_budget(visual, config: PruneVidConfig) -> int:

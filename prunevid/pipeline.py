@@ -54,7 +54,12 @@ class PruneVidQwen25VL:
         return {"answer": out["answer"], "stats": out["stats"]} if return_stats else out["answer"]
 
 
-def read_video(video_path: str, config: PruneVidConfig) -> video.Clip:
-    """Decode and sample a video with the config's frame and pixel budgets."""
+def read_video(video_path, config: PruneVidConfig) -> video.Clip:
+    """Decode and sample a video (str, bytes or os.PathLike path) with the config's frame and pixel budgets.
+
+    An over-budget request (config.max_video_tokens) fails from the container's frame count and size, before
+    any frame is decoded.
+    """
     return video.load_video(video_path, max_frames=config.max_frames, sampling=config.video_sampling,
-                            fps=config.sampling_fps, max_pixels=config.max_pixels)
+                            fps=config.sampling_fps, max_pixels=config.max_pixels,
+                            max_video_tokens=config.max_video_tokens)

