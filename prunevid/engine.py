@@ -364,8 +364,10 @@ def generate(pf: Prefill, params: SamplingParams | None = None, on_text: Callabl
     if on_text and len(final) > len(text):
         on_text(final[len(text):])
     n = len(ids)
+    # decode_first_token_s counts from the start of decoding only (stats.final_stats adds the encode and the
+    # prefill for time_to_first_token_s)
     out = {"ids": ids, "text": final.strip(),
-           "stats": {"new_tokens": n, "decode_s": decode_s, "first_token_s": ttft or 0.0,
+           "stats": {"new_tokens": n, "decode_s": decode_s, "decode_first_token_s": ttft or 0.0,
                      "tokens_per_s": (n - 1) / max(decode_s - (ttft or 0.0), 1e-9) if n > 1 else 0.0}}
     if return_logits:
         out["logits"] = torch.stack(all_logits)

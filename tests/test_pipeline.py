@@ -25,8 +25,13 @@ def test_paper_preset_on_bigbuckbunny_reports_consistent_stats(paper_model, samp
     # Stage 2 keeps floor(0.4 n) per block: at most 40 %, and close to it
     assert 0.3 * s2["original_tokens"] <= s2["compressed_tokens"] <= 0.4 * s2["original_tokens"]
     assert s3["enabled"] and s3["kv_bytes_after"] < s3["kv_bytes_before"] < s3["kv_bytes_unpruned"]
-    for key in ("vision_s", "stage1_s", "prefill_s", "time_to_first_token_s", "tokens_per_s", "end_to_end_s"):
-        assert key in s["timings"]
+    t = s["timings"]
+    for key in ("vision_s", "stage1_s", "prefill_s", "time_to_first_token_s", "decode_first_token_s",
+                "tokens_per_s", "end_to_end_s"):
+        assert key in t
+    assert "first_token_s" not in t          # the decode-only part has a name nobody mixes up with the full TTFT
+    assert t["time_to_first_token_s"] == pytest.approx(
+        t["vision_s"] + t["stage1_s"] + t["prefill_s"] + t["decode_first_token_s"])
     assert 0 < s["flops"]["Qwen2.5-VL-7B_ratio"] < 1
 
 
@@ -72,8 +77,9 @@ def test_cli_ask_streams_the_answer_and_writes_stats(tiny_model_dir, tmp_path, c
     captured = capsys.readouterr()
     data = json.loads(out_json.read_text())
     assert captured.out.strip() == data["answer"]
-    assert "Stage 1:" in captured.err and "Stage 2:" in captured.err
+    assert "Stage 1:" in captured.err and "Stage 2:" in captured.err and "time to first token" in captured.err
     assert data["stats"]["stage1"]["original_tokens"] > 0
+    assert "decode_first_token_s" in data["stats"]["timings"] and "first_token_s" not in data["stats"]["timings"]
 
 
 def test_cli_seed_flags_and_errors(tiny_model_dir, capsys):
