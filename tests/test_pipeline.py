@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from prunevid import PruneVidQwen25VL, cli, get_baseline_config, get_paper_config
-from prunevid.errors import InputError, VideoError
+from prunevid import PruneVidQwen25VL, cli, engine, get_baseline_config, get_paper_config, pipeline, qwen
+from prunevid.errors import ConfigError, InputError, VideoError
 
 Q = "What happens in this video?"
 
@@ -69,6 +69,39 @@ def test_api_errors(paper_model, sample_video, tmp_path):
         paper_model.generate(video_path=str(tmp_path / "broken.mp4"), question=Q)
 
 
+def test_generation_parameters_fail_before_the_video_is_read(paper_model, monkeypatch):
+    def never(*a, **kw):
+        raise AssertionError("the video was read or encoded before the parameters were checked")
+    monkeypatch.setattr(pipeline, "read_video", never)
+    monkeypatch.setattr(engine, "encode", never)
+    ask = lambda **kw: paper_model.generate(video_path="clip.mp4", question=Q, **kw)
+    for kw, field in [({"max_new_tokens": 0}, "max_new_tokens"),
+                      ({"do_sample": True, "temperature": 0.0}, "temperature"),
+                      ({"do_sample": True, "top_p": 1.5}, "top_p"),
+                      ({"do_sample": True, "top_k": -1}, "top_k"),
+                      ({"repetition_penalty": 0.0}, "repetition_penalty"),
+                      ({"seed": "42"}, "seed"),
+                      ({"temperature": "hot"}, "temperature"),
+                      ({"do_sample": "yes"}, "do_sample")]:
+        with pytest.raises(ConfigError, match=f"^{field} must be"):
+            ask(**kw)
+    with pytest.raises(ConfigError, match=r"unknown keyword argument\(s\) 'temprature'; the sampling arguments are "
+                                          "do_sample, temperature, top_p, top_k, repetition_penalty, seed"):
+        ask(temprature=0.5)
+    with pytest.raises(ConfigError, match="'temprature'"):          # answer() checks before the prefill
+        paper_model.answer(None, Q, temprature=0.5)
+
+
+def test_pruning_layer_is_checked_right_after_the_model_load(tiny_model_dir):
+    with pytest.raises(ConfigError, match=r"^pruning_layer must be below the layer count of .* \(28\), got 28; "
+                                          r"use 0\.\.27$"):
+        PruneVidQwen25VL(model_path=str(tiny_model_dir), config=get_paper_config(pruning_layer=28), device="cpu",
+                         dtype="fp32")
+    # Stage 2 off: the pruning layer is never used, so it is not an error
+    PruneVidQwen25VL(model_path=str(tiny_model_dir), config=get_paper_config(pruning_layer=28, enable_stage2=False),
+                     device="cpu", dtype="fp32")
+
+
 def test_cli_ask_streams_the_answer_and_writes_stats(tiny_model_dir, tmp_path, capsys):
     out_json = tmp_path / "out.json"
     code = cli.main(["ask", "sample:carphone_pristine.mp4", Q, "--model", str(tiny_model_dir), "--stats",
@@ -83,9 +116,15 @@ def test_cli_ask_streams_the_answer_and_writes_stats(tiny_model_dir, tmp_path, c
 
 
 def test_cli_seed_flags_and_errors(tiny_model_dir, capsys):
-    code = cli.main(["ask", "--video_path", "sample:bikes.mp4", "--question", Q, "--config", "baseline",
-                     "--model", str(tiny_model_dir), "--max-new-tokens", "2", "--max-frames", "4"])
-    assert code == 0
+    ask = lambda *extra: cli.main(["ask", "--video_path", "sample:bikes.mp4", "--question", Q, "--config", "baseline",
+                                   "--model", str(tiny_model_dir), "--max-new-tokens", "3", "--max-frames", "4",
+                                   *extra])
+    assert ask() == 0
+    greedy, err = capsys.readouterr()
+    assert "vision tower on 4 frames" in err and "Stage 1" not in err      # the baseline has Stage 1 off
+    # the sampling flags only apply with --do-sample: greedy accepts out-of-range ones and answers the same
+    assert ask("--temperature", "0", "--top-p", "0") == 0
+    assert capsys.readouterr().out == greedy
     assert cli.main(["ask", "/no/such/video.mp4", Q, "--model", str(tiny_model_dir)]) == 1
     assert "video file not found: /no/such/video.mp4" in capsys.readouterr().err
     assert cli.main(["ask", "sample:bikes.mp4", Q, "--model", "/no/such/model"]) == 1
@@ -116,6 +155,29 @@ def test_cli_fails_fast_before_loading_the_model(tmp_path, capsys):
     assert "visual tokens, over max_video_tokens=16384" in err and "does not exist" not in err
     assert ask(Q, "--preset", "stage1_only", "--keep-ratio", "0.3") == 1
     assert "has Stage 2 off, so --keep-ratio and --pruning-layer change nothing" in capsys.readouterr().err
+
+
+def test_cli_checks_generation_parameters_before_the_video_and_the_model(monkeypatch, capsys):
+    def never(*a, **kw):
+        raise AssertionError("the video was read or the model loaded before the parameters were checked")
+    monkeypatch.setattr(pipeline, "read_video", never)
+    monkeypatch.setattr(qwen, "load", never)
+    for flags, message in [(["--max-new-tokens", "0"], "max_new_tokens must be an integer in [1, 8192], got 0"),
+                           (["--do-sample", "--temperature", "0"], "temperature must be in (0, 10], got 0.0"),
+                           (["--do-sample", "--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
+                           (["--do-sample", "--seed", str(2 ** 64)], "seed must be an integer in [-2**63, 2**64)")]:
+        assert cli.main(["ask", "clip.mp4", Q, "--model", "/no/such/model", *flags]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"prunevid: error: {message}") and err.count("\n") == 1, err
+
+
+def test_cli_checks_the_pruning_layer_before_the_vision_tower(tiny_model_dir, monkeypatch, capsys):
+    def never(*a, **kw):
+        raise AssertionError("the vision tower ran before the pruning layer was checked")
+    monkeypatch.setattr(engine, "encode", never)
+    assert cli.main(["ask", "sample:bikes.mp4", Q, "--model", str(tiny_model_dir), "--max-frames", "4",
+                     "--pruning-layer", "28"]) == 1
+    assert "prunevid: error: pruning_layer must be below the layer count of" in capsys.readouterr().err
 
 
 def test_cli_status_line_gives_way_to_the_answer_on_a_terminal(tiny_model_dir, monkeypatch):
