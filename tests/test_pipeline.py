@@ -200,21 +200,27 @@ def test_cli_status_line_gives_way_to_the_answer_on_a_terminal(tiny_model_dir, m
 
 
 HUB_LOAD = """
-import sys, time
+import socket, sys
 from prunevid import qwen
 from prunevid.errors import ModelError
-t0 = time.perf_counter()
+attempts = []                      # every TCP connection the process tries (the hub is the only server around)
+connect = socket.socket.connect
+def counting_connect(sock, address):
+    attempts.append(address)
+    return connect(sock, address)
+socket.socket.connect = counting_connect
 try:
     qm = qwen.load(sys.argv[1], dtype="fp32", device="cpu")
     print("loaded", qm.model.config.model_type, qm.num_layers)
 except ModelError as e:
     print("ModelError", e)
-print(f"seconds {time.perf_counter() - t0:.1f}")
+print("connection attempts", len(attempts))
 """
 
 
 def test_hub_id_loads_from_the_hf_cache_when_the_hub_is_unreachable(tiny_model_dir, tmp_path):
-    """A hub id works offline from the Hugging Face cache at once, and an uncached one fails at once (no retries)."""
+    """A hub id works offline from the Hugging Face cache, and an uncached one fails with a clear message, after
+    one connection attempt (the reachability probe): no request to the hub, so no retries to wait out."""
     import os
     import shutil
     import subprocess
@@ -223,16 +229,18 @@ def test_hub_id_loads_from_the_hf_cache_when_the_hub_is_unreachable(tiny_model_d
     shutil.copytree(tiny_model_dir, repo / "snapshots" / "0123abcd")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0123abcd")
+    # port 9 (discard) is closed: the hub is unreachable. Telemetry off: huggingface_hub >= 2 otherwise fetches an
+    # agent registry from the endpoint once per process (one attempt, not about the model), which would be counted
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_ENDPOINT": "http://127.0.0.1:9",
-           "HF_HUB_OFFLINE": "0"}           # port 9 (discard) is closed: the hub is unreachable
+           "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
     run = lambda repo_id: subprocess.run([sys.executable, "-c", HUB_LOAD, repo_id], env=env, capture_output=True,
                                          text=True, timeout=300).stdout
     out = run("someone/tiny-qwen")
     assert "loaded qwen2_5_vl 28" in out, out
-    assert float(out.split("seconds ")[1]) < 20, out
+    assert "connection attempts 1\n" in out, out
     out = run("someone/not-cached")
     assert "ModelError cannot download 'someone/not-cached'" in out and "not in the Hugging Face cache" in out, out
-    assert float(out.split("seconds ")[1]) < 10, out
+    assert "connection attempts 1\n" in out, out
 
 
 def test_hub_probe_goes_through_the_proxy_the_hub_client_would_use(monkeypatch):
