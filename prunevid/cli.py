@@ -55,7 +55,7 @@ def resolve_model(arg: str) -> str:
 
 def cmd_ask(a) -> int:
     from . import engine
-    from .pipeline import PruneVidQwen25VL, read_video
+    from .pipeline import PruneVidQwen25VL, read_video, sampling_params
     from .stats import format_stats
 
     video = a.video or a.video_path
@@ -70,6 +70,10 @@ def cmd_ask(a) -> int:
     overrides = {k: v for k, v in (("max_frames", a.max_frames), ("max_pixels", a.max_pixels),
                                    ("keep_ratio", a.keep_ratio), ("pruning_layer", a.pruning_layer)) if v is not None}
     config = get_preset(a.config or a.preset, verbose=False, **overrides)
+    # the sampling flags apply only with --do-sample (greedy ignores them, so e.g. --temperature 0 is no error there)
+    sampling = ({"do_sample": True, "temperature": a.temperature, "top_p": a.top_p, "seed": a.seed}
+                if a.do_sample else {})
+    sampling_params(a.max_new_tokens, sampling)     # a bad value fails now, not after the load and the prefill
     if not config.enable_stage2 and (a.keep_ratio is not None or a.pruning_layer is not None):
         print(f"prunevid: note: preset {a.config or a.preset!r} has Stage 2 off, so --keep-ratio and "
               "--pruning-layer change nothing", file=sys.stderr)
@@ -79,7 +83,7 @@ def cmd_ask(a) -> int:
     engine.check_budget(clip, config)
     _status(f"loading {a.model} ...")
     pv = PruneVidQwen25VL(resolve_model(a.model), config=config, device=a.device, dtype=a.dtype)
-    _status(f"vision tower + Stage 1 on {clip.frames.shape[0]} frames ...")
+    _status(f"vision tower{' + Stage 1' if config.enable_stage1 else ''} on {clip.frames.shape[0]} frames ...")
     encoded = engine.encode(pv.model, clip, config)
     layers = pv.model.num_layers
 
@@ -95,8 +99,7 @@ def cmd_ask(a) -> int:
         if n == layers and sys.stderr.isatty():
             _status(f"prefill: layer {i}/{layers}")
 
-    out = pv.answer(encoded, question, a.max_new_tokens, on_text=on_text, progress=progress,
-                    do_sample=a.do_sample, temperature=a.temperature, top_p=a.top_p, seed=a.seed)
+    out = pv.answer(encoded, question, a.max_new_tokens, on_text=on_text, progress=progress, **sampling)
     if not answering:
         _status("")
     print(flush=True)

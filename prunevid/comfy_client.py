@@ -32,6 +32,7 @@ from .stats import format_stats   # stdlib only, like this module
 from .websocket import WebSocket, WebSocketClosed, reason as _reason
 
 GENERATE = "PruneVidGenerate"
+MODEL_LOADER = "PruneVidModelLoader"
 LOAD_VIDEO = "PruneVidLoadVideo"
 STAGE2 = "PruneVidStage2Select"
 PREVIEW_ANY = "PreviewAny"
@@ -354,6 +355,14 @@ def patch_video(prompt: dict, name: str) -> str:
     return loaders[0]
 
 
+def patch_model(prompt: dict, model: str) -> None:
+    ids = nodes_of(prompt, MODEL_LOADER)
+    if not ids:
+        raise ComfyError(f"--model: the workflow has no {MODEL_LOADER} node")
+    for nid in ids:
+        prompt[nid]["inputs"]["model"] = model
+
+
 def patch_question(prompt: dict, question: str) -> None:
     ids = nodes_of(prompt, STAGE2)
     if not ids:
@@ -655,12 +664,15 @@ def register(subparsers) -> None:
     p.add_argument("--server", default="127.0.0.1:8188", help="ComfyUI address HOST:PORT (default 127.0.0.1:8188)")
     p.add_argument("--video", help="video file to upload (default: the workflow's own choice)")
     p.add_argument("--question", help="the question (default: the workflow's own)")
+    p.add_argument("--model", help="the model the server loads: a folder under its models/LLM or a hub id "
+                                   "(default: the workflow's own)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
                    help="change a widget; NODE is a node id, class_type or title (repeatable), e.g. "
                         "--set PruneVidLoadVideo.max_frames=8")
     p.add_argument("--json", metavar="OUT", help="write the answer, stats, outputs and events as JSON ('-' = stdout)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run (default 3600)")
-    p.add_argument("--quiet", action="store_true", help="no progress or streamed text on the terminal")
+    p.add_argument("--quiet", action="store_true",
+                   help="print only the answer (and errors): no progress, streamed text or stats")
     p.set_defaults(func=cmd_submit)
 
 
@@ -672,6 +684,10 @@ def cmd_submit(a) -> int:
             if not a.question.strip():
                 raise ComfyError("--question is empty: ask something about the video")
             patch_question(prompt, a.question)
+        if a.model is not None:
+            if not a.model.strip():
+                raise ComfyError("--model is empty: give a folder under models/LLM or a hub id")
+            patch_model(prompt, a.model)
         for s in a.sets:
             apply_set(prompt, s)
         if a.video and not Path(a.video).expanduser().is_file():

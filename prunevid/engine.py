@@ -9,6 +9,7 @@ Each step returns a plain dataclass, so a ComfyUI node can hold it in a socket a
 """
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -293,12 +294,21 @@ class SamplingParams:
         def check(name, ok, valid):
             if not ok:
                 raise ConfigError(f"{name} must be {valid}, got {getattr(self, name)!r}")
-        check("max_new_tokens", isinstance(self.max_new_tokens, int) and 1 <= self.max_new_tokens <= 8192,
+
+        def integer(v):
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        def real(v):
+            return isinstance(v, numbers.Real) and not isinstance(v, bool)
+        check("max_new_tokens", integer(self.max_new_tokens) and 1 <= self.max_new_tokens <= 8192,
               "an integer in [1, 8192]")
-        check("temperature", 0.0 < self.temperature <= 10.0, "in (0, 10]")
-        check("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]")
-        check("top_k", isinstance(self.top_k, int) and self.top_k >= 0, "an integer >= 0 (0 = off)")
-        check("repetition_penalty", 0.0 < self.repetition_penalty <= 10.0, "in (0, 10]")
+        check("do_sample", isinstance(self.do_sample, bool), "True or False")
+        check("temperature", real(self.temperature) and 0.0 < self.temperature <= 10.0, "in (0, 10]")
+        check("top_p", real(self.top_p) and 0.0 < self.top_p <= 1.0, "in (0, 1]")
+        check("top_k", integer(self.top_k) and self.top_k >= 0, "an integer >= 0 (0 = off)")
+        check("repetition_penalty", real(self.repetition_penalty) and 0.0 < self.repetition_penalty <= 10.0,
+              "in (0, 10]")
+        check("seed", integer(self.seed) and -2 ** 63 <= self.seed < 2 ** 64, "an integer in [-2**63, 2**64)")
 
 
 def next_token(logits: torch.Tensor, seen: torch.Tensor, p: SamplingParams, generator) -> int:
@@ -365,8 +375,10 @@ def generate(pf: Prefill, params: SamplingParams | None = None, on_text: Callabl
     if on_text and len(final) > len(text):
         on_text(final[len(text):])
     n = len(ids)
+    # decode_first_token_s counts from the start of decoding only (stats.final_stats adds the encode and the
+    # prefill for time_to_first_token_s)
     out = {"ids": ids, "text": final.strip(),
-           "stats": {"new_tokens": n, "decode_s": decode_s, "first_token_s": ttft or 0.0,
+           "stats": {"new_tokens": n, "decode_s": decode_s, "decode_first_token_s": ttft or 0.0,
                      "tokens_per_s": (n - 1) / max(decode_s - (ttft or 0.0), 1e-9) if n > 1 else 0.0}}
     if return_logits:
         out["logits"] = torch.stack(all_logits)

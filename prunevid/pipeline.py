@@ -6,11 +6,30 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from . import engine, qwen, stage3, stats, video
 from .config import PruneVidConfig, get_paper_config
-from .errors import InputError
+from .errors import ConfigError, InputError
+
+SAMPLING_ARGS = [f.name for f in dataclasses.fields(engine.SamplingParams) if f.name != "max_new_tokens"]
+
+
+def sampling_params(max_new_tokens: int, sampling: dict) -> engine.SamplingParams:
+    """Validated decoding parameters; a misspelled keyword is an error, not a silently ignored argument."""
+    unknown = sorted(set(sampling) - set(SAMPLING_ARGS))
+    if unknown:
+        raise ConfigError(f"unknown keyword argument(s) {', '.join(map(repr, unknown))}; the sampling arguments "
+                          f"are {', '.join(SAMPLING_ARGS)}")
+    return engine.SamplingParams(max_new_tokens=max_new_tokens, **sampling)
+
+
+def check_pruning_layer(qm: qwen.QwenModel, config: PruneVidConfig) -> None:
+    """Stage 2 selects after layer M: M must be one of the model's layers."""
+    if config.enable_stage2 and config.pruning_layer >= qm.num_layers:
+        raise ConfigError(f"pruning_layer must be below the layer count of {qm.name} ({qm.num_layers}), got "
+                          f"{config.pruning_layer}; use 0..{qm.num_layers - 1}")
 
 
 class PruneVidQwen25VL:
@@ -18,6 +37,7 @@ class PruneVidQwen25VL:
                  dtype: str = "auto", attention: str = "sdpa"):
         self.config = config or get_paper_config()
         self.model = qwen.load(model_path, dtype=dtype, device=device, attention=attention)
+        check_pruning_layer(self.model, self.config)      # now, not after the vision tower ran on a video
 
     def load_video(self, video_path: str) -> video.Clip:
         return read_video(video_path, self.config)
@@ -33,7 +53,7 @@ class PruneVidQwen25VL:
     def answer(self, encoded: engine.Encoded, question: str, max_new_tokens: int = 128,
                system_prompt: str = engine.DEFAULT_SYSTEM_PROMPT, on_text=None, progress=None, **sampling) -> dict:
         """Prefill + Stage 3 + decoding for one question about already-encoded visual input."""
-        params = engine.SamplingParams(max_new_tokens=max_new_tokens, **sampling)
+        params = sampling_params(max_new_tokens, sampling)
         pf = engine.prefill(encoded, question, self.config, system_prompt, progress=progress)
         if self.config.enable_cache_compression:
             pf = stage3.compress(pf)
@@ -45,6 +65,7 @@ class PruneVidQwen25VL:
         """Answer `question` about a video (or images). Returns {"answer", "stats"} or just the answer string."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("question is empty: ask something about the video")
+        sampling_params(max_new_tokens, sampling)     # bad values fail before the video is read
         t0 = time.perf_counter()
         encoded = self.encode(video_path=video_path, images=images)
         out = self.answer(encoded, question, max_new_tokens, on_text=on_text, **sampling)
