@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -29,6 +30,21 @@ def _status(msg: str) -> None:
         print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
     elif msg:
         print(msg, file=sys.stderr, flush=True)
+
+
+class _Notes(logging.Handler):
+    """The library's notes ("prunevid" logger: what a video reader assumed or corrected) as one line each,
+    "prunevid: note: ...", on a line of their own below the status line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _status("")
+        print(f"prunevid: note: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def _show_notes() -> None:
+    log = logging.getLogger("prunevid")
+    if not any(isinstance(h, _Notes) for h in log.handlers):
+        log.addHandler(_Notes(logging.INFO))     # (Python's last-resort handler then stays silent)
 
 
 def _check_writable(path: str) -> None:
@@ -170,6 +186,7 @@ def main(argv=None) -> int:
     sub.add_parser("bench", help="benchmark PruneVid against the unpruned baseline (prunevid bench --help)")
 
     a = ap.parse_args(argv)
+    _show_notes()
     try:
         return a.func(a)
     except PruneVidError as e:

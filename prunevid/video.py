@@ -253,6 +253,33 @@ def _ffmpeg_messages():
                     os.write(2, "".join(other).encode())
 
 
+@contextmanager
+def _utf8_name(path: Path, shown: str):
+    """A name for path that OpenCV can take: its own, or a temporary symlink with a plain name while it opens.
+
+    OpenCV's Python binding passes names on as UTF-8 and kills the process (segmentation fault) on a str it cannot
+    encode, which is what a Linux file name that is not valid UTF-8 becomes in Python (surrogate escapes). Once
+    the file is open the link can go: the decoder holds the file itself.
+    """
+    if shown == str(path):
+        yield str(path)
+        return
+    folder = tempfile.mkdtemp(prefix="prunevid-")
+    link = os.path.join(folder, "video" + (path.suffix if path.suffix.isascii() else ""))
+    try:
+        try:
+            os.symlink(os.path.abspath(path), link)
+            link.encode("utf-8")
+        except (OSError, UnicodeEncodeError) as e:
+            raise VideoError(f"cannot open {shown}: its name is not valid UTF-8, which OpenCV cannot take, and a link "
+                             f"with a plain name in {folder} failed ({e}); rename the file") from None
+        yield link
+    finally:
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.rmdir(folder)
+
+
 def _open(path: Path, shown: str):
     # FFmpeg first: CAP_ANY would also try the image-sequence backend, which reads a '%' in a name as a pattern.
     # Builds without FFmpeg (some conda / system OpenCVs) fall back to whatever backend they have.
@@ -262,10 +289,10 @@ def _open(path: Path, shown: str):
     if cvlog:
         cvlog.setLogLevel(cvlog.LOG_LEVEL_ERROR)
     try:
-        with _ffmpeg_messages() as said:
-            cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        with _ffmpeg_messages() as said, _utf8_name(path, shown) as name:
+            cap = cv2.VideoCapture(name, cv2.CAP_FFMPEG)
             if not cap.isOpened():
-                cap = cv2.VideoCapture(str(path))
+                cap = cv2.VideoCapture(name)
     finally:
         if cvlog:
             cvlog.setLogLevel(level)
@@ -308,10 +335,6 @@ def load_video(path, *, max_frames: int = 16, sampling: str = "uniform", fps: fl
     _check_pixels(min_pixels, max_pixels)
     path, shown = _as_path(path)
     _check_file(path, shown)
-    if shown != str(path):
-        # OpenCV's Python binding crashes the process (segfault) on a str it cannot encode to UTF-8
-        raise VideoError(f"video path {shown} is not valid UTF-8, which OpenCV cannot open; rename the file "
-                         "(or copy it) to a UTF-8 name")
     notes = []
 
     def note(msg):
@@ -361,7 +384,7 @@ def load_video(path, *, max_frames: int = 16, sampling: str = "uniform", fps: fl
             if reported and total != reported:
                 note(f"the container reports {reported} frames but {total} decode; sampling from {total}")
             elif not reported:
-                note(f"the container reports no frame count; counted {total} frames")
+                note(f"the container reports no frame count; counted {total} frame{'s' if total != 1 else ''}")
         finally:
             cap.release()
 

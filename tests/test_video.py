@@ -364,30 +364,30 @@ def test_bytes_and_pathlike_paths_read_the_same_video(tmp_path):
         load_video(3)
 
 
-def test_non_utf8_path_is_an_error_not_a_crash(tmp_path):
-    """OpenCV segfaults on a str path that cannot be encoded to UTF-8: the process must survive it."""
+def test_non_utf8_path_opens_instead_of_crashing(tmp_path):
+    """OpenCV segfaults on a str path that cannot be encoded to UTF-8: such a file opens through a temporary link
+    (and the link is gone afterwards), from the str the CLI gets and from bytes."""
     import shutil
     import subprocess
-    name = bytes(tmp_path) + b"/caf\xe9.mp4"                       # Latin-1 'café': not valid UTF-8
+    name = bytes(tmp_path) + b"/caf\xe9.mp4"                       # Latin-1 'cafe': not valid UTF-8
     try:
         shutil.copy(sample_video_path("carphone_pristine.mp4"), name)
     except OSError:
         pytest.skip("this filesystem refuses names that are not UTF-8")
+    links = tmp_path / "tmp"
+    links.mkdir()
     code = ("import os, sys\n"
-            "from prunevid.errors import VideoError\n"
             "from prunevid.video import load_video\n"
             "for p in (sys.argv[1], os.fsencode(sys.argv[1])):\n"      # the CLI's str, and bytes
-            "    try:\n"
-            "        load_video(p, max_frames=2)\n"
-            "    except VideoError as e:\n"
-            "        print(e)\n")
+            "    clip = load_video(p, max_frames=4, max_pixels=112 * 112)\n"
+            "    print(clip.frames.shape[0], int(clip.frames.float().mean()))\n")
     run = subprocess.run([sys.executable, "-c", code, name], capture_output=True, timeout=300,
-                         cwd=str(Path(video.__file__).parent.parent))
+                         cwd=str(Path(video.__file__).parent.parent), env={**os.environ, "TMPDIR": str(links)})
     assert run.returncode == 0, run.stderr.decode(errors="replace")[-2000:]
-    lines = run.stdout.decode().splitlines()
-    assert len(lines) == 2
-    for line in lines:
-        assert "caf\\xe9.mp4" in line and "UTF-8" in line and "rename" in line
+    reference = load_video(sample_video_path("carphone_pristine.mp4"), max_frames=4, max_pixels=112 * 112)
+    expected = f"{reference.frames.shape[0]} {int(reference.frames.float().mean())}"
+    assert run.stdout.decode().splitlines() == [expected, expected]
+    assert list(links.iterdir()) == []                            # the temporary link and its folder are gone
 
 
 def test_missing_file_hint_only_for_relative_paths(tmp_path, monkeypatch):
@@ -487,3 +487,28 @@ def test_other_output_on_stderr_survives_the_capture(capfd):
         os.write(2, b"[h264 @ 0x55d1c0de] error while decoding MB 7 0\nanother thread's line\n")
     assert messages == ["error while decoding MB 7 0"]
     assert capfd.readouterr().err == "another thread's line\n"
+
+
+def test_cli_prints_our_lines_only_for_broken_files(tmp_path):
+    """No FFmpeg chatter, no Python warning with a source line: status lines, our notes and our error."""
+    import subprocess
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    png = tmp_path / "still.mp4"
+    cv2.imwrite(str(png.with_suffix(".png")), np.zeros((56, 84, 3), np.uint8))
+    png.with_suffix(".png").rename(png)
+
+    def ask(path):
+        run = subprocess.run([sys.executable, "-m", "prunevid", "ask", str(path), "What is it?",
+                              "--model", str(tmp_path / "no-model")], capture_output=True, text=True, timeout=300,
+                             cwd=str(Path(video.__file__).parent.parent))
+        assert run.returncode == 1
+        return run.stderr.splitlines()
+
+    lines = ask(text)
+    assert lines[0].startswith("reading ") and len(lines) == 2
+    assert lines[1].startswith(f"prunevid: error: cannot decode {text}") and "moov atom not found" in lines[1]
+    lines = ask(png)
+    assert lines == [f"reading {png} ...", f"prunevid: note: {png}: the container reports no frame count; counted "
+                     "1 frame", f"loading {tmp_path / 'no-model'} ...", lines[-1]]
+    assert lines[-1].startswith("prunevid: error: model folder")
