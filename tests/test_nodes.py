@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from conftest import PACK_DIR, load_pack
+from fake_hub import FakeHub
 WORKFLOWS = PACK_DIR / "workflows"
 CORE_IDS = PACK_DIR.parent / "shared" / "data" / "comfyui-core-node-ids.txt"
 CORE_TYPES = {"IMAGE", "MASK", "LATENT", "VIDEO", "AUDIO", "STRING", "INT", "FLOAT", "BOOLEAN", "COMBO", "*"}
@@ -666,6 +667,40 @@ def test_out_of_range_parameter_names_the_field(env, model, video, tokens, prefi
     }[node_id]
     with pytest.raises(errors(env).PruneVidError, match=field):
         call(env, node_id, **{**base, **bad})
+
+
+def test_model_tooltip_gives_each_hub_download_size(env):
+    tooltip = env.pack.NODE_CLASS_MAPPINGS["PruneVidModelLoader"].INPUT_TYPES()["required"]["model"][1]["tooltip"]
+    assert "approximate" in tooltip
+    for size, gb in (("3B", "7.5"), ("7B", "16.6"), ("32B", "67"), ("72B", "147")):
+        assert f"{size} ~{gb} GB" in tooltip
+
+
+def test_offline_hub_model_error_says_where_to_put_the_model(env, tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))          # nothing cached
+    with pytest.raises(errors(env).ModelError) as e:
+        call(env, "PruneVidModelLoader", model="Qwen/Qwen2.5-VL-3B-Instruct", dtype="auto", device="cpu",
+             attention="sdpa", keep_loaded=True)
+    message = str(e.value)
+    assert str(env.models / "LLM" / "Qwen2.5-VL-3B-Instruct") in message and "pick it in the model list" in message
+    assert "model_path" not in message and "\n" not in message
+
+
+def test_loader_downloads_a_hub_model_with_bytes_on_its_progress_bar(env, rec, tiny_model_dir, tmp_path,
+                                                                      monkeypatch):
+    with FakeHub(tiny_model_dir) as hub:
+        hub.use(monkeypatch, tmp_path / "hf")
+        qm = call(env, "PruneVidModelLoader", model=hub.repo_id, dtype="fp32", device="cpu", attention="eager",
+                  keep_loaded=True)[0]
+    try:
+        assert qm.name == hub.repo_id and qm.num_layers == 28
+        assert rec.progress and {total for _, total in rec.progress} == {hub.total_bytes}
+        assert rec.progress[-1] == (hub.total_bytes, hub.total_bytes)
+        assert [p for _, p in hub.served if p.endswith("/model.safetensors")], "the weights came from the hub"
+    finally:
+        env.nodes("model").unload(qm)
 
 
 # ------------------------------------------------------------------ model lifetime (last: these unload models)
