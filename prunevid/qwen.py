@@ -176,7 +176,7 @@ _MODEL_FILES = ("*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tik
 def download(repo_id: str, progress=None, poll_s: float = 0.5) -> str:
     """Download a hub checkpoint's model files into the Hugging Face cache; return its local snapshot folder.
 
-    Files already in the cache are not fetched again and an interrupted download resumes. progress(done, total)
+    Files already in the cache are not fetched again (after an interrupt, the finished ones). progress(done, total)
     is called about every poll_s seconds, from the calling thread, with the bytes in the cache so far (finished
     files plus partial ones) out of all the model's bytes; an exception it raises (ComfyUI's interrupt) stops
     the download. Counting the cache's files works the same on every huggingface_hub version (their own
@@ -237,7 +237,7 @@ def download(repo_id: str, progress=None, poll_s: float = 0.5) -> str:
 
         def update(self, n=1):
             if cancelled.is_set():
-                raise InterruptedError(f"download of {repo_id} cancelled")
+                raise _Cancelled(repo_id)
             return super().update(n)
 
     def run():
@@ -259,9 +259,13 @@ def download(repo_id: str, progress=None, poll_s: float = 0.5) -> str:
             cancelled.set()
     if "error" in outcome:
         e = outcome["error"]
-        raise ModelError(f"downloading {repo_id!r} from {endpoint} failed: {_first_line(e)}; run again to resume "
-                         "(check the network and the free space)") from e
+        raise ModelError(f"downloading {repo_id!r} from {endpoint} failed: {_first_line(e)}; check the network "
+                         "and run again (the files already downloaded are kept)") from e
     return outcome["path"]
+
+
+class _Cancelled(Exception):
+    """Raised in the hub client's download threads once the caller stopped waiting (not an OSError: never retried)."""
 
 
 def _size(n: int) -> str:
