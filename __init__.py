@@ -11,6 +11,7 @@ if __package__:
         if "libGL" not in str(e) and "libgthread" not in str(e):
             raise
         raise ImportError(f"PruneVid: OpenCV cannot load ({e}); install the system's OpenGL library (Debian/Ubuntu: "
-                          "apt install libgl1 libglib2.0-0) or replace opencv-python with opencv-python-headless") from e
+                          "apt install libgl1 libglib2.0-0) or replace opencv-python with opencv-python-headless"
+                          ) from e
 
     __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
