@@ -88,22 +88,33 @@ def progress(total: int):
     return report
 
 
-def text_streamer(node_id):
-    """A callback that shows the answer so far on the node while it is generated (None outside ComfyUI)."""
-    if node_id is None:
-        return None
+def _send_text():
+    """PromptServer.instance.send_progress_text (text shown on a node while the prompt runs), or None."""
     try:
         from server import PromptServer
     except ImportError:
         return None
     instance = getattr(PromptServer, "instance", None)
-    if instance is None or not hasattr(instance, "send_progress_text"):
+    return getattr(instance, "send_progress_text", None)
+
+
+def show_text(node_id, text: str) -> None:
+    """Show `text` on the node now (no-op outside ComfyUI or without a node id)."""
+    send = _send_text() if node_id is not None else None
+    if send is not None:
+        send(text, node_id)
+
+
+def text_streamer(node_id):
+    """A callback that shows the answer so far on the node while it is generated (None outside ComfyUI)."""
+    send = _send_text() if node_id is not None else None
+    if send is None:
         return None
     shown = []
 
     def on_text(delta: str) -> None:
         shown.append(delta)
-        instance.send_progress_text("".join(shown), node_id)
+        send("".join(shown), node_id)
 
     return on_text
 

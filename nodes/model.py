@@ -10,11 +10,15 @@ from __future__ import annotations
 import os
 
 from ..prunevid import qwen
+from ..prunevid.errors import ModelError
 from . import comfy_bridge as comfy
 from .types import CATEGORY, MODEL
 
-HUB_IDS = ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen2.5-VL-32B-Instruct",
-           "Qwen/Qwen2.5-VL-72B-Instruct")
+# download size of each hub model: its bf16 weights, 2 bytes per parameter (3.75 B, 8.29 B, 33.4 B, 73.4 B
+# parameters, vision tower included), in GB of 10^9 bytes, rounded: what the tooltip tells before a first run
+HUB_SIZES_GB = {"Qwen/Qwen2.5-VL-3B-Instruct": 7.5, "Qwen/Qwen2.5-VL-7B-Instruct": 16.6,
+                "Qwen/Qwen2.5-VL-32B-Instruct": 67, "Qwen/Qwen2.5-VL-72B-Instruct": 147}
+HUB_IDS = tuple(HUB_SIZES_GB)
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"   # the paper's model; a local copy under models/LLM is used first
 
 _LOADED: dict = {}       # key -> QwenModel
@@ -63,6 +67,16 @@ def resolve(name: str) -> str:
     if os.path.isabs(name) or name.count("/") == 1 or not roots:
         return name                       # an absolute path, or a hub id: qwen.load says what is wrong with it
     return os.path.join(roots[0], name)   # a folder name that is not there: qwen.load names the missing folder
+
+
+def offline_message(repo_id: str, endpoint: str) -> str:
+    """What a canvas user does when a hub model is neither under models/LLM nor downloadable."""
+    roots = comfy.llm_roots()
+    folder = os.path.join(roots[0] if roots else os.path.join("ComfyUI", "models", comfy.LLM_FOLDER),
+                          repo_id.split("/")[-1])
+    return (f"{repo_id} is not downloaded and {endpoint} cannot be reached (or HF_HUB_OFFLINE is set): copy the "
+            f"model folder (config.json, *.safetensors, tokenizer files) to {folder}, refresh the page and pick it "
+            "in the model list")
 
 
 def _key(model, dtype, device, attention) -> tuple:
@@ -117,7 +131,9 @@ class PruneVidModelLoader:
         return {"required": {
             "model": (model_choices(), {"default": DEFAULT_MODEL, "tooltip":
                       "A Qwen2.5-VL checkpoint: a folder under models/LLM, or a hub id (looked for first as "
-                      "models/LLM/<org>/<name> and models/LLM/<name>, else downloaded to the Hugging Face cache)."}),
+                      "models/LLM/<org>/<name> and models/LLM/<name>, else downloaded once to the Hugging Face "
+                      "cache, with its progress on this node). Download sizes, approximate (bf16 weights): "
+                      + ", ".join(f"{i.split('-')[2]} ~{gb:g} GB" for i, gb in HUB_SIZES_GB.items()) + "."}),
             "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto", "tooltip":
                       "Weight precision. auto = bf16 on GPUs that support it, fp16 on other GPUs and Apple MPS, "
                       "fp32 on CPU."}),
@@ -140,7 +156,10 @@ class PruneVidModelLoader:
         key = _key(model, dtype, device, attention)
         qm = _LOADED.get(key)
         if qm is None:
-            qm = qwen.load(key[0], dtype=dtype, device=device, attention=attention)
+            try:
+                qm = qwen.load(key[0], dtype=dtype, device=device, attention=attention, progress=comfy.progress(1))
+            except qwen.HubUnreachable as e:
+                raise ModelError(offline_message(e.repo_id, e.endpoint)) from None
             _LOADED[key] = qm
         _KEEP[key] = bool(keep_loaded)
         comfy.hook_unload_all(unload_all)

@@ -1,6 +1,7 @@
 """Video input: a file from ComfyUI's input folder (with upload), a path, core VIDEO, or IMAGE frames + fps."""
 from __future__ import annotations
 
+import logging
 import os
 
 from ..prunevid import video as pv_video
@@ -11,6 +12,7 @@ from . import comfy_bridge as comfy
 from .types import CATEGORY, VIDEO
 
 _PAPER = get_paper_config()
+log = logging.getLogger(__name__)
 
 
 def _source_path(file: str, path: str) -> str:
@@ -20,14 +22,26 @@ def _source_path(file: str, path: str) -> str:
     return comfy.annotated_path(file or "")
 
 
-def _fps_from(fps, video_info) -> float:
+def _fps_from(fps, video_info) -> tuple:
+    """(frame rate of the IMAGE input, a note when it had to be assumed, else None)."""
     if fps is not None:
-        return float(fps)
+        return float(fps), None
     if isinstance(video_info, dict):
         for k in ("loaded_fps", "source_fps"):
             if video_info.get(k):
-                return float(video_info[k])
-    return pv_video.FALLBACK_FPS   # what the library assumes for a file without a usable frame rate
+                return float(video_info[k]), None
+    assumed = pv_video.FALLBACK_FPS   # what the library assumes for a file without a usable frame rate
+    return assumed, (f"the IMAGE input came without a frame rate, so {assumed:g} fps was assumed and the time "
+                     "positions are wrong unless the frames really are that rate; connect the fps or video_info "
+                     "input of PruneVid Load Video")
+
+
+def _summary(clip) -> str:
+    """What the model will see, and every note (assumption, correction) made while reading."""
+    t, h, w, _ = clip.frames.shape
+    span = f"{clip.timestamps[0]:.2f}-{clip.timestamps[-1]:.2f} s" if clip.timestamps else "no timestamps"
+    lines = [f"{t} frames {w}x{h} at {clip.fps:.3g} fps ({span} of {clip.source})"]
+    return "\n".join(lines + [f"warning: {n}" for n in clip.notes])
 
 
 class PruneVidLoadVideo:
@@ -55,8 +69,9 @@ class PruneVidLoadVideo:
                 "max_frames": ("INT", {"default": _PAPER.max_frames, "min": 2, "max": 1024, "step": 1, "tooltip":
                                "Most frames to sample. Qwen groups 2 frames per temporal token group."}),
                 "sampling": (["uniform", "fps"], {"default": _PAPER.video_sampling, "tooltip":
-                             "uniform: max_frames frames spread evenly over the whole video. fps: frames at "
-                             "sampling_fps from the start, at most max_frames."}),
+                             "uniform: max_frames frames spread evenly over the whole video. fps: one frame every "
+                             "1/sampling_fps seconds from the start; when that makes more than max_frames, "
+                             "max_frames of them are kept, spread evenly, so the whole video is still covered."}),
                 "sampling_fps": ("FLOAT", {"default": _PAPER.sampling_fps, "min": 0.01, "max": 60.0, "step": 0.01,
                                  "tooltip": "Frames per second to sample when sampling is fps."}),
                 "max_pixels": ("INT", {"default": _PAPER.max_pixels, "min": 4 * 28 * 28, "max": 16384 * 28 * 28,
@@ -69,11 +84,13 @@ class PruneVidLoadVideo:
             "optional": {
                 "video": ("VIDEO", {"tooltip": "A core VIDEO (e.g. from Load Video); its frame rate is kept."}),
                 "images": ("IMAGE", {"tooltip": "Frames as an IMAGE batch (e.g. VideoHelperSuite Load Video); "
-                           "connect fps or video_info too, else 25 fps is assumed."}),
+                           "connect fps or video_info too, else 25 fps is assumed (with a warning on this node "
+                           "and in the stats)."}),
                 "fps": ("FLOAT", {"forceInput": True, "tooltip": "Frame rate of the images input."}),
                 "video_info": ("VHS_VIDEOINFO", {"tooltip": "VideoHelperSuite's video_info; its loaded_fps is the "
                                "frame rate of the images input."}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
@@ -90,16 +107,23 @@ class PruneVidLoadVideo:
             return src
 
     def load(self, path, max_frames, sampling, sampling_fps, max_pixels, file="", video=None, images=None,
-             fps=None, video_info=None):
+             fps=None, video_info=None, unique_id=None):
         options = dict(max_frames=max_frames, sampling=sampling, fps=sampling_fps, max_pixels=max_pixels)
         if video is not None:
             parts = video.get_components()
             clip = pv_video.clip_from_frames(parts.images, float(parts.frame_rate), source="the VIDEO input",
                                              **options)
         elif images is not None:
-            clip = pv_video.clip_from_frames(images, _fps_from(fps, video_info), source="the IMAGE input", **options)
+            rate, note = _fps_from(fps, video_info)
+            clip = pv_video.clip_from_frames(images, rate, source="the IMAGE input", **options)
+            if note:
+                clip.notes.append(note)   # a new Clip of ours: the note travels with it into the stats
         elif not (path or "").strip() and not (file or "").strip():
             raise VideoError("no video given: choose or upload a file, type a path, or connect a VIDEO or IMAGE input")
         else:
             clip = pv_video.load_video(_source_path(file, path), **options)
-        return (clip, visualize.as_image(clip.frames))
+        text = _summary(clip)
+        for n in clip.notes:
+            log.warning("PruneVid Load Video: %s", n)
+        comfy.show_text(unique_id, text)
+        return {"ui": {"text": [text]}, "result": (clip, visualize.as_image(clip.frames))}

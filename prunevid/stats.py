@@ -45,6 +45,25 @@ def model_dims(qm) -> tuple:
     return qm.num_layers, tc.hidden_size, tc.num_key_value_heads * head_dim, tc.intermediate_size
 
 
+def video_stats(encoded) -> dict | None:
+    """The timing Qwen was given for the video (None for images): what a run can be checked against.
+
+    frames: sampled frames fed to the vision tower (even: Qwen packs 2 per temporal group); fps: their effective
+    rate, which sets the temporal positions; seconds_per_temporal_group = 2 / fps; frame_size: [width, height]
+    after resizing; notes: what was assumed or corrected while reading (e.g. a frame rate that had to be assumed).
+    """
+    videos = [it for it in encoded.items if it.kind == "video"]
+    if not videos:
+        return None
+    it = videos[0]                      # encode takes one video (or images)
+    t, h, w = it.grid                   # LLM tokens: one per 28x28 pixels and 2 frames
+    frames, height, width = (it.frames.shape[:3] if it.frames is not None else (2 * t, 28 * h, 28 * w))
+    return {"frames": int(frames), "fps": 2 / it.second_per_grid_t if it.second_per_grid_t else None,
+            "seconds_per_temporal_group": it.second_per_grid_t, "temporal_groups": t,
+            "frame_size": [int(width), int(height)], "tokens_per_group": h * w,
+            "notes": list(getattr(encoded, "notes", None) or [])}
+
+
 def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, cache) -> dict:
     """The stats dictionary of one prefill (Stage 3 fills in its part when it runs)."""
     n0, n1, n2 = encoded.original_tokens, encoded.merged_tokens, int(kept_visual.numel())
@@ -70,6 +89,7 @@ def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, cache) -> dic
                    "retention": n2 / max(1, n0), "text": text, "sequence_unpruned": L0,
                    "sequence_after_stage1": L1, "sequence_after_stage2": L2},
         "flops": {"this_model_ratio": flops_ratio(layers, d, d_kv, d_ff, L0, L1, L2, M)},
+        "video": video_stats(encoded),
     }
     for name, (nl, dd, dkv, dff) in QWEN25VL_DIMS.items():
         m = -1 if M < 0 else round(M * nl / layers)   # the same relative depth

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from conftest import PACK_DIR, load_pack
+from fake_hub import FakeHub
 WORKFLOWS = PACK_DIR / "workflows"
 CORE_IDS = PACK_DIR.parent / "shared" / "data" / "comfyui-core-node-ids.txt"
 CORE_TYPES = {"IMAGE", "MASK", "LATENT", "VIDEO", "AUDIO", "STRING", "INT", "FLOAT", "BOOLEAN", "COMBO", "*"}
@@ -504,6 +505,50 @@ def test_stage1_output_is_reused_across_questions(env, tokens):
     assert all(answers)
 
 
+# ------------------------------------------------------------------ video timing: sampling, frame rate, stats
+
+def test_fps_sampling_tooltip_says_what_sampling_does(env):
+    tooltip = env.pack.NODE_CLASS_MAPPINGS["PruneVidLoadVideo"].INPUT_TYPES()["required"]["sampling"][1]["tooltip"]
+    fps_clause = tooltip.split("fps:", 1)[1]
+    assert "evenly" in fps_clause and "whole video" in fps_clause
+    # 10 s at 10 fps sampled at 2 fps is 20 frames, over max_frames = 8: 8 of them spread over the whole 10 s,
+    # not the first 8 (which would end at 3.5 s)
+    clip = call(env, "PruneVidLoadVideo", path="", file="", max_frames=8, sampling="fps", sampling_fps=2.0,
+                max_pixels=56 * 56, images=torch.rand(100, 56, 56, 3), fps=10.0)[0]
+    assert clip.frames.shape[0] == 8
+    assert clip.timestamps[0] == 0 and clip.timestamps[-1] >= 9.0
+
+
+def test_images_without_a_frame_rate_warn_on_the_node(env, rec):
+    images = torch.rand(12, 90, 160, 3)
+    args = dict(path="", file="", sampling="uniform", sampling_fps=2.0, images=images, unique_id="4", **FAST)
+    out = node(env, "PruneVidLoadVideo").load(**args)
+    text, clip = out["ui"]["text"][0], out["result"][0]
+    assert "25 fps was assumed" in text and "connect the fps or video_info input" in text
+    assert rec.texts == [("4", text)], "shown on the node while the prompt runs, not only in /history"
+    assert len(clip.notes) == 1 and "fps or video_info" in clip.notes[0]
+    for wired in (dict(fps=12.0), dict(video_info={"loaded_fps": 12.0})):
+        out = node(env, "PruneVidLoadVideo").load(**args, **wired)
+        assert "warning" not in out["ui"]["text"][0] and not out["result"][0].notes
+        assert out["ui"]["text"][0].startswith("8 frames ")
+
+
+def test_stats_show_the_video_timing_and_notes(env, model):
+    clip = call(env, "PruneVidLoadVideo", path="", file="", sampling="uniform", sampling_fps=2.0,
+                images=torch.rand(12, 90, 160, 3), **FAST)[0]          # no fps: 25 is assumed, with a note
+    enc = call(env, "PruneVidStage1Merge", model=model, video=clip, enable=True, tau=0.8, cluster_ratio=0.5,
+               temporal_segment_ratio=0.25, dpc_knn_k=7)[0]
+    pf = call(env, "PruneVidStage2Select", tokens=enc, question="What?", system_prompt="x", enable=True,
+              keep_ratio=0.4, pruning_layer=10, attention_aggregation="max")[0]
+    video = json.loads(call(env, "PruneVidGenerate", prefill=pf, **GEN)[1])["video"]
+    assert video["frames"] == clip.frames.shape[0] == FAST["max_frames"]
+    assert video["fps"] == pytest.approx(clip.fps) and clip.fps == pytest.approx(7 * 25 / 11)
+    assert video["seconds_per_temporal_group"] == pytest.approx(2 / clip.fps)
+    assert video["temporal_groups"] == FAST["max_frames"] // 2
+    assert video["frame_size"] == [clip.frames.shape[2], clip.frames.shape[1]]
+    assert video["notes"] == clip.notes and "fps or video_info" in video["notes"][0]
+
+
 # ------------------------------------------------------------------ the shipped workflows, executed
 
 def preset_config(env, name):
@@ -622,6 +667,40 @@ def test_out_of_range_parameter_names_the_field(env, model, video, tokens, prefi
     }[node_id]
     with pytest.raises(errors(env).PruneVidError, match=field):
         call(env, node_id, **{**base, **bad})
+
+
+def test_model_tooltip_gives_each_hub_download_size(env):
+    tooltip = env.pack.NODE_CLASS_MAPPINGS["PruneVidModelLoader"].INPUT_TYPES()["required"]["model"][1]["tooltip"]
+    assert "approximate" in tooltip
+    for size, gb in (("3B", "7.5"), ("7B", "16.6"), ("32B", "67"), ("72B", "147")):
+        assert f"{size} ~{gb} GB" in tooltip
+
+
+def test_offline_hub_model_error_says_where_to_put_the_model(env, tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))          # nothing cached
+    with pytest.raises(errors(env).ModelError) as e:
+        call(env, "PruneVidModelLoader", model="Qwen/Qwen2.5-VL-3B-Instruct", dtype="auto", device="cpu",
+             attention="sdpa", keep_loaded=True)
+    message = str(e.value)
+    assert str(env.models / "LLM" / "Qwen2.5-VL-3B-Instruct") in message and "pick it in the model list" in message
+    assert "model_path" not in message and "\n" not in message
+
+
+def test_loader_downloads_a_hub_model_with_bytes_on_its_progress_bar(env, rec, tiny_model_dir, tmp_path,
+                                                                      monkeypatch):
+    with FakeHub(tiny_model_dir) as hub:
+        hub.use(monkeypatch, tmp_path / "hf")
+        qm = call(env, "PruneVidModelLoader", model=hub.repo_id, dtype="fp32", device="cpu", attention="eager",
+                  keep_loaded=True)[0]
+    try:
+        assert qm.name == hub.repo_id and qm.num_layers == 28
+        assert rec.progress and {total for _, total in rec.progress} == {hub.total_bytes}
+        assert rec.progress[-1] == (hub.total_bytes, hub.total_bytes)
+        assert [p for _, p in hub.served if p.endswith("/model.safetensors")], "the weights came from the hub"
+    finally:
+        env.nodes("model").unload(qm)
 
 
 # ------------------------------------------------------------------ model lifetime (last: these unload models)
