@@ -139,9 +139,9 @@ class PruneVidModelLoader:
                       "fp32 on CPU."}),
             "device": (["auto", "cuda", "cpu", "mps"], {"default": "auto", "tooltip":
                        "Where the model runs. auto = CUDA if available, else Apple MPS, else CPU."}),
-            "attention": (["sdpa", "flash_attention_2", "eager"], {"default": "sdpa", "tooltip":
+            "attention": (list(qwen.ATTENTIONS), {"default": "sdpa", "tooltip":
                           "Attention kernel. flash_attention_2 needs the flash-attn package (falls back to sdpa "
-                          "without it); eager is the slow reference."}),
+                          "without it), a CUDA GPU and bf16/fp16; eager is the slow reference."}),
             "keep_loaded": ("BOOLEAN", {"default": True, "label_on": "keep loaded", "label_off": "unload after run",
                             "tooltip": "On: the model stays in memory for the next prompt. Off: it is unloaded "
                             "when PruneVid Generate finishes (frees memory, reloads next time)."}),

@@ -49,7 +49,6 @@ class PruneVidStage1Merge:
         config = PruneVidConfig(enable_stage1=enable, tau=tau, cluster_ratio=cluster_ratio,
                                 temporal_segment_ratio=temporal_segment_ratio, dpc_knn_k=dpc_knn_k)
         encoded = engine.encode(model, video, config, progress=comfy.progress(1))
-        encoded.notes = list(video.notes)   # a new Encoded: the clip's notes (e.g. an assumed fps) reach the stats
         return (encoded, visualize.stage1_map(encoded))
 
 

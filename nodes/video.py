@@ -118,12 +118,12 @@ class PruneVidLoadVideo:
             clip = pv_video.clip_from_frames(images, rate, source="the IMAGE input", **options)
             if note:
                 clip.notes.append(note)   # a new Clip of ours: the note travels with it into the stats
+                log.warning("PruneVid Load Video: %s", note)   # (a file's notes the library logs itself)
         elif not (path or "").strip() and not (file or "").strip():
             raise VideoError("no video given: choose or upload a file, type a path, or connect a VIDEO or IMAGE input")
         else:
-            clip = pv_video.load_video(_source_path(file, path), **options)
+            # the default budget (Stage 1 checks the same one): an over-budget file fails before it is decoded
+            clip = pv_video.load_video(_source_path(file, path), max_video_tokens=_PAPER.max_video_tokens, **options)
         text = _summary(clip)
-        for n in clip.notes:
-            log.warning("PruneVid Load Video: %s", n)
         comfy.show_text(unique_id, text)
         return {"ui": {"text": [text]}, "result": (clip, visualize.as_image(clip.frames))}

@@ -45,6 +45,7 @@ class Encoded:
     items: list
     stage1: dict                # the Stage 1 parameters used (None when off)
     timings: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)   # what the video reader assumed or corrected (e.g. a frame rate)
 
     @property
     def original_tokens(self) -> int:
@@ -135,7 +136,8 @@ def encode(qm: QwenModel, visual, config: PruneVidConfig, progress: Progress | N
             progress(i + 1, len(prepared))
     params = ({k: getattr(config, k) for k in ("tau", "cluster_ratio", "temporal_segment_ratio", "dpc_knn_k")}
               if config.enable_stage1 else None)
-    return Encoded(qm, items, params, {"vision_s": t_vision, "stage1_s": t_stage1})
+    return Encoded(qm, items, params, {"vision_s": t_vision, "stage1_s": t_stage1},
+                   notes=list(visual.notes) if isinstance(visual, Clip) else [])
 
 
 # ---------------------------------------------------------------- prompt assembly

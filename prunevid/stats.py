@@ -61,7 +61,7 @@ def video_stats(encoded) -> dict | None:
     return {"frames": int(frames), "fps": 2 / it.second_per_grid_t if it.second_per_grid_t else None,
             "seconds_per_temporal_group": it.second_per_grid_t, "temporal_groups": t,
             "frame_size": [int(width), int(height)], "tokens_per_group": h * w,
-            "notes": list(getattr(encoded, "notes", None) or [])}
+            "notes": list(encoded.notes)}
 
 
 def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, cache) -> dict:

@@ -512,3 +512,18 @@ def test_cli_prints_our_lines_only_for_broken_files(tmp_path):
     assert lines == [f"reading {png} ...", f"prunevid: note: {png}: the container reports no frame count; counted "
                      "1 frame", f"loading {tmp_path / 'no-model'} ...", lines[-1]]
     assert lines[-1].startswith("prunevid: error: model folder")
+
+
+def test_the_readers_notes_reach_the_stats_of_library_users(qm, tmp_path):
+    """A PNG renamed .mp4 reads as a one-frame video with a note; encode keeps it and the stats show it."""
+    from prunevid import engine
+    from prunevid.config import get_paper_config
+    png = tmp_path / "still.mp4"
+    cv2.imwrite(str(png.with_suffix(".png")), np.zeros((56, 84, 3), np.uint8))
+    png.with_suffix(".png").rename(png)
+    clip = load_video(png, max_frames=4)
+    assert clip.notes
+    encoded = engine.encode(qm, clip, get_paper_config())
+    assert encoded.notes == clip.notes
+    pf = engine.prefill(encoded, "What is it?", get_paper_config(pruning_layer=2))
+    assert pf.stats["video"]["notes"] == clip.notes
