@@ -41,12 +41,6 @@ class _Notes(logging.Handler):
         print(f"prunevid: note: {record.getMessage()}", file=sys.stderr, flush=True)
 
 
-def _show_notes() -> None:
-    log = logging.getLogger("prunevid")
-    if not any(isinstance(h, _Notes) for h in log.handlers):
-        log.addHandler(_Notes(logging.INFO))     # (Python's last-resort handler then stays silent)
-
-
 def _check_writable(path: str) -> None:
     """Fail before an expensive run rather than after it, when the --json file cannot be written."""
     parent = os.path.dirname(os.path.abspath(path))
@@ -186,7 +180,8 @@ def main(argv=None) -> int:
     sub.add_parser("bench", help="benchmark PruneVid against the unpruned baseline (prunevid bench --help)")
 
     a = ap.parse_args(argv)
-    _show_notes()
+    notes = _Notes(logging.INFO)         # while the command runs (main() is also called in-process, by tests)
+    logging.getLogger("prunevid").addHandler(notes)
     try:
         return a.func(a)
     except PruneVidError as e:
@@ -197,6 +192,8 @@ def main(argv=None) -> int:
         _status("")
         print("prunevid: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logging.getLogger("prunevid").removeHandler(notes)
 
 
 if __name__ == "__main__":

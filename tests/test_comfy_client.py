@@ -18,7 +18,8 @@ from prunevid import comfy_client as cc
 PAPER = Path(__file__).resolve().parent.parent / "workflows" / "api" / "paper.json"
 STATS = {"stage1": {"enabled": True, "original_tokens": 240, "compressed_tokens": 84, "reduction_percentage": 65.0,
                     "static_ratio": 0.4, "segments": 1},
-         "stage2": {"enabled": True, "original_tokens": 84, "compressed_tokens": 34, "pruning_layer": 10},
+         "stage2": {"enabled": True, "original_tokens": 84, "compressed_tokens": 34, "pruning_layer": 10,
+                    "keep_ratio": 0.4, "kept_fraction": 0.405},
          "stage3": {"enabled": True, "kv_bytes_before": 2 ** 20, "kv_bytes_after": 2 ** 19,
                     "kv_bytes_unpruned": 2 ** 21},
          "tokens": {"retention": 0.1417}, "flops": {"this_model_ratio": 0.25, "Qwen2.5-VL-7B_ratio": 0.14},
@@ -456,3 +457,10 @@ def test_python_dash_m_prunevid_is_the_command():
     import sys
     out = subprocess.run([sys.executable, "-m", "prunevid", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "usage: prunevid" in out.stdout and "submit" in out.stdout
+
+
+def test_stats_from_a_server_running_an_older_pack_still_format():
+    from prunevid.stats import format_stats
+    old = {**STATS, "stage2": {k: v for k, v in STATS["stage2"].items() if k not in ("kept_fraction", "keep_ratio")}}
+    assert "84 -> 34 video tokens after layer 10\n" in format_stats(old) + "\n"
+    assert "(kept 40.5% at keep_ratio 0.4)" in format_stats(STATS)
