@@ -60,6 +60,17 @@ def check(device: str, device_map, max_memory, offload_folder) -> None:
         raise ConfigError(f"max_memory must map devices to sizes, like {{0: '20GiB', 'cpu': '64GiB'}}, got {max_memory!r}")
 
 
+def parse_max_memory(text: str) -> dict:
+    """"0=20GiB,1=20GiB,cpu=64GiB" (the CLI's --max-memory) as {0: "20GiB", 1: "20GiB", "cpu": "64GiB"}."""
+    out = {}
+    for item in text.split(","):
+        device, sep, size = (part.strip() for part in item.partition("="))
+        if not sep or not device or not size:
+            raise ConfigError(f"max_memory {text!r}: write DEVICE=SIZE pairs separated by commas, like 0=20GiB,cpu=64GiB")
+        out[int(device) if device.isdigit() else device] = size
+    return out
+
+
 def has_gpu(device_map) -> bool:
     """Does this device_map put anything on an accelerator (a string strategy: is there a CUDA GPU)?"""
     if isinstance(device_map, dict):
@@ -89,6 +100,19 @@ def load_kwargs(dev: torch.device, device_map, max_memory, offload_folder, quant
     if offload_folder is not None:
         out["offload_folder"] = str(offload_folder)
     return out
+
+
+def target_devices(device: torch.device, device_map) -> list:
+    """The devices a load will fill: `device`, or the accelerators a device_map names (a strategy: every CUDA GPU),
+    or the CPU when it names none."""
+    if device_map is None:
+        return [device]
+    if isinstance(device_map, dict):
+        named = {torch.device(v) for v in device_map.values() if v not in OFFLOAD}
+        return sorted(named, key=str) or [torch.device("cpu")]
+    if torch.cuda.is_available():
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [torch.device("cpu")]
 
 
 def execution_device(module: torch.nn.Module) -> torch.device:

@@ -118,13 +118,18 @@ def estimate_weight_bytes(config: dict, quantization: str = "none", dtype: torch
     return total + sum(tensor_bytes(b) for b in model.buffers())
 
 
-def read_config(source: str, offline: bool = True) -> dict | None:
-    """config.json of a local folder or of a hub id already in the Hugging Face cache; None when not at hand."""
+def planned_weight_bytes(source: str, quantization: str, dtype: torch.dtype) -> int | None:
+    """estimate_weight_bytes for a local folder, or a hub id already in the Hugging Face cache, before loading it;
+    None when its config.json is not at hand (a hub id still to download) or is not a Qwen2.5-VL one."""
     from pathlib import Path
 
     from transformers.utils import cached_file
+    check(quantization)
     try:
-        path = cached_file(source, "config.json", _raise_exceptions_for_missing_entries=False, local_files_only=offline)
-        return json.loads(Path(path).read_text()) if path else None
+        path = cached_file(source, "config.json", _raise_exceptions_for_missing_entries=False, local_files_only=True)
+        config = json.loads(Path(path).read_text()) if path else None
     except (OSError, ValueError):
         return None
+    if not config or config.get("model_type") != "qwen2_5_vl":
+        return None
+    return estimate_weight_bytes(config, quantization, dtype)
