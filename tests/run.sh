@@ -12,4 +12,5 @@ if [ ! -f "$TF457/transformers/__init__.py" ]; then
   mv "$TF457.partial" "$TF457"
 fi
 PYTHONPATH="$TF457" python -m pytest -q -rs -p no:cacheprovider tests/test_positions.py tests/test_stage2.py \
-  tests/test_tiny_model.py tests/test_engine.py tests/test_pipeline.py tests/test_nodes.py tests/test_bench.py "$@"
+  tests/test_tiny_model.py tests/test_engine.py tests/test_pipeline.py tests/test_nodes.py tests/test_bench.py \
+  tests/test_quantize.py tests/test_placement.py "$@"
