@@ -86,6 +86,7 @@ def worker(args) -> int:
         rec = bench.run_once(qm, video, args.frames, cfg, 2, False, memory=True)
         out["presets"][name] = {"idle_rss": rec["memory"]["idle_rss_bytes"], "peak_rss": rec["memory"]["peak_rss_bytes"],
                                 "prefill_s": rec["time"]["prefill_s"], "ttft_s": rec["time"]["ttft_s"],
+                                "kv_bytes": rec["kv"]["kv_bytes"],
                                 "tokens": rec["tokens"], "method": rec["memory"]["method"]}
     print(json.dumps(out), flush=True)
     return 0
@@ -122,9 +123,10 @@ def render_markdown(res: dict) -> str:
              "and a warm-up question (weights, plus kernels set up on first use: bitsandbytes compiles its CPU "
              f"kernels with torch.compile) and its peak while loading; prefill peak = the high-water mark over one "
              f"question ({m['memory_method']}): weights + frames + activations + KV cache; activations = that peak "
-             "minus the RSS just before the question.", "",
+             "minus the RSS just before the question. The prefill times are in memory.json, not here: the "
+             "memory runs use glibc's default allocator policy (see prunevid.bench) and are not timing runs.", "",
              "| quantization | dtype | weights MiB | loaded MiB (peak while loading) | "
-             + " | ".join(f"{p}: prefill peak MiB (activations) | {p}: prefill s" for p in PRESETS) + " |",
+             + " | ".join(f"{p}: prefill peak MiB (activations) | {p}: KV cache MiB" for p in PRESETS) + " |",
              "|---|---|---|---|" + "---|---|" * len(PRESETS)]
     for r in res["runs"]:
         base = r["rss_before_load"]
@@ -133,7 +135,7 @@ def render_markdown(res: dict) -> str:
                  f"{_mib(idle - base)} ({_mib(r['load_peak_rss'] - base)})"]
         for p in PRESETS:
             x = r["presets"][p]
-            cells += [f"{_mib(x['peak_rss'] - base)} ({_mib(x['peak_rss'] - x['idle_rss'])})", f"{x['prefill_s']:.2f}"]
+            cells += [f"{_mib(x['peak_rss'] - base)} ({_mib(x['peak_rss'] - x['idle_rss'])})", f"{x['kv_bytes'] / 2**20:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Analytic weight bytes of the released models (GiB; vision tower, embeddings and lm_head in bf16 "
               "in every mode):", "", "| model | bf16 | 8bit | 4bit (NF4) |", "|---|---|---|---|"]
@@ -179,6 +181,8 @@ def main(argv=None) -> int:
     if args.worker:
         return worker(args)
     started = time.perf_counter()
+    if args.model == "bench":
+        bench.bench_model_path(Path(args.models_dir))     # built here once: building must not count in a worker
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")) if p))
     env.setdefault("OMP_NUM_THREADS", str(args.threads))

@@ -126,3 +126,19 @@ def test_missing_bitsandbytes_is_a_one_line_error_before_loading(tiny_model_dir,
     assert "\n" not in str(e.value) and "bitsandbytes" in str(e.value)
     with pytest.raises(ConfigError, match="quantization must be one of none, 8bit, 4bit"):
         qwen.load(str(tiny_model_dir), dtype="fp32", device="cpu", quantization="3bit")
+
+
+def test_cli_ask_with_4bit_prints_the_weight_size(tiny_model_dir, capsys):
+    from prunevid import cli
+    code = cli.main(["ask", "sample:bikes.mp4", "What is happening?", "--model", str(tiny_model_dir),
+                     "--quantization", "4bit", "--stats", "--max-new-tokens", "3", "--max-frames", "8"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "Weights: 1.56 MiB (4bit) on cpu" in err and "Stage 2:" in err
+
+
+def test_cli_rejects_a_bad_max_memory_before_reading_the_video(capsys):
+    from prunevid import cli
+    code = cli.main(["ask", "missing.mp4", "What?", "--device-map", "auto", "--max-memory", "lots"])
+    err = capsys.readouterr().err
+    assert code == 1 and "DEVICE=SIZE" in err and "missing.mp4" not in err
