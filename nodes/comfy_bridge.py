@@ -119,6 +119,19 @@ def text_streamer(node_id):
     return on_text
 
 
+def free_memory(nbytes: int | None, devices: list) -> bool:
+    """Before a load: ask ComfyUI to unload its own models until `nbytes` are free on each device (all it can when
+    the size is unknown), then to empty its caches. Returns whether ComfyUI was asked (False outside ComfyUI)."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return False
+    for device in devices:
+        mm.free_memory(1e30 if nbytes is None else nbytes, device)   # 1e30: ComfyUI's own "free all"
+    mm.soft_empty_cache()
+    return True
+
+
 def hook_unload_all(callback) -> bool:
     """Make ComfyUI's `POST /free {"unload_models": true}` (and its other unload-all paths) also run `callback`.
 

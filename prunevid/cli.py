@@ -66,6 +66,7 @@ def resolve_model(arg: str) -> str:
 def cmd_ask(a) -> int:
     from . import engine
     from .pipeline import PruneVidQwen25VL, read_video, sampling_params
+    from .placement import parse_max_memory
     from .stats import format_stats
 
     video = a.video or a.video_path
@@ -87,12 +88,15 @@ def cmd_ask(a) -> int:
     if not config.enable_stage2 and (a.keep_ratio is not None or a.pruning_layer is not None):
         print(f"prunevid: note: preset {a.config or a.preset!r} has Stage 2 off, so --keep-ratio and "
               "--pruning-layer change nothing", file=sys.stderr)
+    max_memory = parse_max_memory(a.max_memory) if a.max_memory else None
     t0 = time.perf_counter()
     _status(f"reading {video} ...")     # before the model: a bad video or a blown budget should not cost a load
     clip = read_video(resolve_video(video), config)
     engine.check_budget(clip, config)
     _status(f"loading {a.model} ...")
-    pv = PruneVidQwen25VL(resolve_model(a.model), config=config, device=a.device, dtype=a.dtype)
+    pv = PruneVidQwen25VL(resolve_model(a.model), config=config, device=a.device, dtype=a.dtype,
+                          quantization=a.quantization, device_map=a.device_map, max_memory=max_memory,
+                          offload_folder=a.offload_folder)
     _status(f"vision tower{' + Stage 1' if config.enable_stage1 else ''} on {clip.frames.shape[0]} frames ...")
     encoded = engine.encode(pv.model, clip, config)
     layers = pv.model.num_layers
@@ -154,6 +158,12 @@ def main(argv=None) -> int:
     ask.add_argument("--model", default=DEFAULT_MODEL, help="local folder, hub id, or 'tiny' (default: %(default)s)")
     ask.add_argument("--device", default="auto", help="auto | cuda | cuda:N | mps | cpu (default: %(default)s)")
     ask.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32 (default: %(default)s)")
+    ask.add_argument("--quantization", default="none", choices=["none", "8bit", "4bit"],
+                     help="load the LLM's linear weights in 8 or 4 bits (needs bitsandbytes; default: %(default)s)")
+    ask.add_argument("--device-map", choices=["auto", "balanced", "balanced_low_0", "sequential"],
+                     help="shard the model over the GPUs, then CPU RAM, then --offload-folder (instead of --device)")
+    ask.add_argument("--max-memory", help="with --device-map: per-device caps, e.g. 0=20GiB,1=20GiB,cpu=64GiB")
+    ask.add_argument("--offload-folder", help="with --device-map: where weights that fit nowhere else go")
     ask.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit (default: %(default)s)")
     ask.add_argument("--max-frames", type=int, help="frames sampled from the video (default: the preset's, 16)")
     ask.add_argument("--max-pixels", type=int, help="pixels per frame before the 28-px grid (default: preset's)")

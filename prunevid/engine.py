@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from . import positions as P
-from . import qwen, stage1, stage2, stats
+from . import placement, qwen, stage1, stage2, stats
 from .config import PruneVidConfig
 from .errors import BudgetError, ConfigError, InputError, VideoError
 from .kv_cache import KVCache
@@ -247,12 +247,13 @@ def prefill(encoded: Encoded, question: str, config: PruneVidConfig, system_prom
     kept_visual = torch.arange(seq.visual_cols.numel())
     scores, t_score = None, 0.0
     for i, layer in enumerate(qm.layers):
+        h, rope = placement.follow(layer, h, rope)     # a sharded model: the hidden states go where the layer is
         if prune and i == M:
             ts = time.perf_counter()
             if keep_visual is None:
-                score_rope = (P.mrope_cos_sin(pos, qm.language_model.rotary_emb.inv_freq, qm.mrope_section, h.dtype)
-                              if config.score_with_rope else None)
-                scores = stage2.question_attention(layer, h[0], seq.query_start, seq.visual_cols.to(qm.device),
+                score_rope = (P.mrope_cos_sin(pos.to(h.device), qm.language_model.rotary_emb.inv_freq,
+                                              qm.mrope_section, h.dtype) if config.score_with_rope else None)
+                scores = stage2.question_attention(layer, h[0], seq.query_start, seq.visual_cols.to(h.device),
                                                    config.attention_aggregation, score_rope)
                 scores = scores.cpu()
                 kept_visual = stage2.select(scores, seq.blocks, config.keep_ratio, config.selection_granularity)
@@ -264,13 +265,13 @@ def prefill(encoded: Encoded, question: str, config: PruneVidConfig, system_prom
             t_score = time.perf_counter() - ts
         h = qwen.decoder_layer(layer, h, rope, cache)
         if prune and i == M:                          # layers > M see only the kept tokens
-            idx = keep_seq.to(qm.device)
+            idx = keep_seq.to(h.device)
             h = h[:, idx]
             rope = tuple(r[..., idx, :] for r in rope)
         if progress:
             progress(i + 1, qm.num_layers)
     h = qm.language_model.norm(h if return_hidden else h[:, -1:])
-    logits = qm.model.lm_head(h[:, -1]).float()[0]
+    logits = qm.model.lm_head(h[:, -1]).float()[0].to(qm.device)
     prefill_s = time.perf_counter() - t0
 
     st = stats.prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, cache)
@@ -370,8 +371,9 @@ def generate(pf: Prefill, params: SamplingParams | None = None, on_text: Callabl
         pos = torch.full((3, 1), pf.next_position + step, dtype=torch.long, device=qm.device)
         rope = qwen.rotary(qm, h, pos)
         for layer in qm.layers:
+            h, rope = placement.follow(layer, h, rope)
             h = qwen.decoder_layer(layer, h, rope, cache)
-        logits = qm.model.lm_head(lm.norm(h)[:, -1]).float()[0]
+        logits = qm.model.lm_head(lm.norm(h)[:, -1]).float()[0].to(qm.device)
     decode_s = time.perf_counter() - t0
     final = qm.tokenizer.decode(ids, skip_special_tokens=True)
     if on_text and len(final) > len(text):

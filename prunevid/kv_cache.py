@@ -38,9 +38,9 @@ class KVCache:
         new = KVCache(len(self.keys))
         new.keys, new.values, new.lengths = list(self.keys), list(self.values), list(self.lengths)
         for i in layers:
-            n = self.lengths[i]
-            new.keys[i] = self.keys[i][:, :, :n][:, :, index]
-            new.values[i] = self.values[i][:, :, :n][:, :, index]
+            n, idx = self.lengths[i], index.to(self.keys[i].device)    # layers may sit on different devices
+            new.keys[i] = self.keys[i][:, :, :n][:, :, idx]
+            new.values[i] = self.values[i][:, :, :n][:, :, idx]
             new.lengths[i] = index.numel()
         return new
 

@@ -34,9 +34,13 @@ def check_pruning_layer(qm: qwen.QwenModel, config: PruneVidConfig) -> None:
 
 class PruneVidQwen25VL:
     def __init__(self, model_path: str, config: PruneVidConfig | None = None, device: str = "auto",
-                 dtype: str = "auto", attention: str = "sdpa"):
+                 dtype: str = "auto", attention: str = "sdpa", quantization: str = "none", device_map=None,
+                 max_memory: dict | None = None, offload_folder: str | None = None):
+        """quantization: "none" | "8bit" | "4bit"; device_map ("auto", "balanced", "sequential" or a dict),
+        max_memory and offload_folder shard or offload the model (see README, "Memory")."""
         self.config = config or get_paper_config()
-        self.model = qwen.load(model_path, dtype=dtype, device=device, attention=attention)
+        self.model = qwen.load(model_path, dtype=dtype, device=device, attention=attention, quantization=quantization,
+                               device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
         check_pruning_layer(self.model, self.config)      # now, not after the vision tower ran on a video
 
     def load_video(self, video_path: str) -> video.Clip:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from . import placement, quantize
 from .errors import ModelError
 
 SUPPORTED_TRANSFORMERS = ">=4.57,<6"
@@ -32,6 +33,8 @@ class QwenModel:
     image_std: tuple
     eos_token_ids: list
     unloaded: bool = False
+    quantization: str = "none"
+    weight_bytes: dict | None = None   # {device: bytes} of the weights as loaded (quantize.weight_bytes, per device)
 
     @property
     def config(self):
@@ -39,7 +42,8 @@ class QwenModel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        """Where the prompt starts: the token embeddings' device (the first of several with a device_map)."""
+        return placement.execution_device(self.language_model.embed_tokens)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -345,17 +349,23 @@ def _read_processor_stats(source: str, offline: bool = False) -> tuple:
 
 
 def load(model_path: str, dtype: str = "auto", device: str = "auto", attention: str = "sdpa",
-         progress=None) -> QwenModel:
+         quantization: str = "none", device_map=None, max_memory: dict | None = None,
+         offload_folder: str | None = None, progress=None) -> QwenModel:
     """Load a Qwen2.5-VL checkpoint from a local folder or a hub id (hub only if it is reachable or cached).
 
     A hub id is first downloaded into the Hugging Face cache (see `download`; progress(done, total) gets bytes).
+    quantization: "none", "8bit" or "4bit" (bitsandbytes; see quantize.py). device_map / max_memory /
+    offload_folder: sharding and CPU / disk offload through accelerate (see placement.py).
     """
     import transformers
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
+    placement.check(device, device_map, max_memory, offload_folder)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     attn = resolve_attention(attention, dev, torch_dtype)
+    placed = placement.load_kwargs(dev, device_map, max_memory, offload_folder,
+                                   quantize.bnb_config(quantization, torch_dtype))
     local = Path(os.path.expanduser(str(model_path)))
     if local.exists():
         if not local.is_dir():
@@ -375,7 +385,7 @@ def load(model_path: str, dtype: str = "auto", device: str = "auto", attention: 
     dtype_kwarg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            files, **{dtype_kwarg: torch_dtype}, attn_implementation=attn, local_files_only=offline)
+            files, **{dtype_kwarg: torch_dtype}, attn_implementation=attn, local_files_only=offline, **placed)
         tokenizer = AutoTokenizer.from_pretrained(files, local_files_only=offline)
     except ModelError:
         raise
@@ -384,7 +394,9 @@ def load(model_path: str, dtype: str = "auto", device: str = "auto", attention: 
                          "copy in the Hugging Face cache; otherwise download the model into a local folder.") from e
     if getattr(model.config, "model_type", None) != "qwen2_5_vl":
         raise ModelError(f"{source} is not a Qwen2.5-VL checkpoint (model_type {model.config.model_type!r})")
-    model.to(dev).eval()
+    if not placed:
+        model.to(dev)
+    model.eval()
 
     mean, std = _read_processor_stats(files, offline)
     eos = []
@@ -395,14 +407,15 @@ def load(model_path: str, dtype: str = "auto", device: str = "auto", attention: 
     if im_end is not None:
         eos.append(im_end)
     return QwenModel(model=model, tokenizer=tokenizer, name=source, image_mean=mean, image_std=std,
-                     eos_token_ids=sorted(set(eos)))
+                     eos_token_ids=sorted(set(eos)), quantization=quantization,
+                     weight_bytes=placement.weights_by_device(model))
 
 
 def free(qm: QwenModel) -> None:
     """Release the weights now, even while other objects (a cache of node outputs) still hold this QwenModel."""
     import gc
     if not qm.unloaded:
-        qm.model.to("meta")          # parameters and buffers become storage-less: the memory goes back
+        placement.release(qm.model)  # parameters and buffers become storage-less: the memory goes back
         qm.unloaded = True
     gc.collect()
     if torch.cuda.is_available():
@@ -425,7 +438,8 @@ def vision_features(qm: QwenModel, pixel_values: torch.Tensor, grid_thw: torch.T
     Returns [t * h/2 * w/2, D] in raster order (group, row, col).
     """
     visual = qm.model.model.visual
-    out = visual(pixel_values.to(qm.device, visual.dtype), grid_thw=grid_thw.to(qm.device))
+    dev = placement.execution_device(visual)
+    out = visual(pixel_values.to(dev, visual.dtype), grid_thw=grid_thw.to(dev))
     return out if isinstance(out, torch.Tensor) else out.pooler_output      # 4.57: tensor; 5.x: output object
 
 

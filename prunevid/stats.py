@@ -90,6 +90,7 @@ def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, cache) -> dic
                    "sequence_after_stage1": L1, "sequence_after_stage2": L2},
         "flops": {"this_model_ratio": flops_ratio(layers, d, d_kv, d_ff, L0, L1, L2, M)},
         "video": video_stats(encoded),
+        "weights": weights(qm),
     }
     for name, (nl, dd, dkv, dff) in QWEN25VL_DIMS.items():
         m = -1 if M < 0 else round(M * nl / layers)   # the same relative depth
@@ -111,10 +112,29 @@ def final_stats(prefill_stats: dict, generate_stats: dict) -> dict:
     return out
 
 
+def weights(qm) -> dict:
+    """The weights as loaded: bytes in all and per device ("disk" = offloaded), quantisation state included."""
+    by_device = dict(qm.weight_bytes or {})
+    return {"quantization": qm.quantization, "bytes": sum(by_device.values()), "by_device": by_device}
+
+
+def format_bytes(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
+
+
+def format_weights(w: dict) -> str:
+    """"Weights: 5.42 GiB (4bit) on cuda:0" or, sharded, "... on cuda:0 3.10 GiB, cpu 2.32 GiB"."""
+    where = (next(iter(w["by_device"])) if len(w["by_device"]) == 1 else
+             ", ".join(f"{d} {format_bytes(b)}" for d, b in w["by_device"].items()))
+    mode = "" if w["quantization"] == "none" else f" ({w['quantization']})"
+    return f"Weights: {format_bytes(w['bytes'])}{mode} on {where}"
+
+
 def format_stats(stats: dict) -> str:
     """A short human-readable summary of the stats dictionary."""
     s1, s2, s3, t = stats["stage1"], stats["stage2"], stats["stage3"], stats["timings"]
     lines = [
+        format_weights(stats["weights"]),
         f"Stage 1: {s1['original_tokens']} -> {s1['compressed_tokens']} video tokens "
         f"({s1['reduction_percentage']:.1f}% fewer, {s1['segments']} segment{'' if s1['segments'] == 1 else 's'}, static {100 * s1['static_ratio']:.1f}%)"
         if s1["enabled"] else f"Stage 1: off ({s1['original_tokens']} video tokens)",

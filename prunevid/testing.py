@@ -345,13 +345,16 @@ def build_once(target: Path, build) -> Path:
     return target
 
 
-def tiny_model_path() -> Path:
-    """The default tiny model, built once into a cache folder and reused.
+def tiny_model_path(**params) -> Path:
+    """The default tiny model (or one built with other build_tiny_model `params`), built once into a cache folder
+    and reused.
 
     The folder is $PRUNEVID_CACHE (or ~/.cache/prunevid) / tiny-qwen2.5-vl-<hash>. The hash covers this module's
-    source, which holds the default parameters and the builder, so changing either gives a fresh model; it does
-    not cover the transformers version, since the files are the same whichever version builds them.
+    source, which holds the default parameters and the builder, so changing either gives a fresh model, and the
+    params; it does not cover the transformers version, since the files are the same whichever version builds them.
     """
     root = Path(os.environ.get("PRUNEVID_CACHE") or Path.home() / ".cache" / "prunevid")
-    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
-    return build_once(root / f"tiny-qwen2.5-vl-{digest}", lambda folder: build_tiny_model(folder, overwrite=True))
+    source = Path(__file__).read_bytes() + (json.dumps(params, sort_keys=True).encode() if params else b"")
+    digest = hashlib.sha256(source).hexdigest()[:12]
+    return build_once(root / f"tiny-qwen2.5-vl-{digest}",
+                      lambda folder: build_tiny_model(folder, overwrite=True, **params))

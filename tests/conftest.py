@@ -44,3 +44,22 @@ def _load_workflow_generator():
 
 make_workflows = _load_workflow_generator()
 load_pack = make_workflows.load_pack     # imports the pack exactly as ComfyUI's load_custom_node does
+
+
+def live_tensor_bytes() -> int:
+    """Bytes of every tensor storage alive in this process (each storage once, meta tensors hold none)."""
+    import gc
+    import warnings
+    gc.collect()
+    seen, total = set(), 0
+    with warnings.catch_warnings():             # isinstance() on torch's deprecated aliases warns
+        warnings.simplefilter("ignore")
+        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    for obj in tensors:
+        if not obj.is_meta:
+            storage = obj.untyped_storage()
+            key = (storage.data_ptr(), obj.device)
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+    return total

@@ -79,6 +79,13 @@ def make_stand_ins(rec: Recorder, models_dir: Path, input_dir: Path) -> dict:
         mm.unloaded_core += 1
 
     mm.unload_all_models = unload_all_models
+    mm.free_requests = []           # (bytes, device) of every free_memory call
+
+    def free_memory(memory_required, device, keep_loaded=()):
+        mm.free_requests.append((memory_required, device))
+
+    mm.free_memory = free_memory
+    mm.soft_empty_cache = lambda *args, **kwargs: None
     utils.ProgressBar = ProgressBar
     comfy.utils, comfy.model_management = utils, mm
 
@@ -733,6 +740,35 @@ def test_keep_loaded_off_unloads_after_generate_and_reloads(env, video):
     fresh = call(env, "PruneVidModelLoader", **args)[0]
     assert fresh is not qm and not any(p.is_meta for p in fresh.model.parameters())
     env.nodes("model").unload(fresh)
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_quantized_loader_makes_room_shows_its_size_and_free_releases_it(env, video, tiny_model_dir, quantization):
+    pytest.importorskip("bitsandbytes")
+    from conftest import live_tensor_bytes
+    quantize = env.lib("quantize")
+    args = dict(model=TINY, dtype="fp32", device="cpu", attention="sdpa", keep_loaded=True, quantization=quantization)
+    before = live_tensor_bytes()
+    env.mm.free_requests.clear()
+    out = node(env, "PruneVidModelLoader").load(**args)
+    qm = out["result"][0]
+    expected = quantize.estimate_weight_bytes(json.loads((tiny_model_dir / "config.json").read_text()), quantization,
+                                              torch.float32)
+    assert env.mm.free_requests == [(expected, torch.device("cpu"))], "ComfyUI was asked for room first"
+    assert expected == sum(qm.weight_bytes.values())
+    assert f"({quantization}) on cpu" in out["ui"]["text"][0] and "Weights: 1." in out["ui"]["text"][0]
+    assert qm.quantization == quantization and call(env, "PruneVidModelLoader", **args)[0] is qm
+    enc = call(env, "PruneVidStage1Merge", model=qm, video=video[0], enable=True, tau=0.8, cluster_ratio=0.5,
+               temporal_segment_ratio=0.25, dpc_knn_k=7)[0]
+    pf = call(env, "PruneVidStage2Select", tokens=enc, question="What?", system_prompt="x", enable=True,
+              keep_ratio=0.4, pruning_layer=10, attention_aggregation="max")[0]
+    report = json.loads(call(env, "PruneVidGenerate", prefill=pf, **GEN)[1])
+    assert report["weights"] == {"quantization": quantization, "bytes": expected, "by_device": {"cpu": expected}}
+    del enc, pf                      # their KV cache and frames are not the model's
+    loaded = live_tensor_bytes()
+    env.mm.unload_all_models()       # what POST /free {"unload_models": true} calls
+    assert all(p.is_meta for p in qm.model.parameters())
+    assert live_tensor_bytes() - before <= 0.1 * (loaded - before), "the quantised weights are really freed"
 
 
 def test_unload_node_and_comfyui_free_release_the_model(env):

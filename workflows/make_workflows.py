@@ -235,7 +235,7 @@ def preset_graph(defs, cfg, model_name: str | None = None, with_core_loadvideo: 
     g = Graph(defs)
     g.add(1, "PruneVidModelLoader", (0, 0), (380, 180), {
         "model": model_name or from_pack, "dtype": "auto", "device": "auto", "attention": "sdpa",
-        "keep_loaded": True}, "Model")
+        "keep_loaded": True, "quantization": "none", "device_map": "none"}, "Model")
     g.add(2, "PruneVidLoadVideo", (0, 230), (380, 540), {
         "path": "", "max_frames": cfg.max_frames, "sampling": cfg.video_sampling, "sampling_fps": cfg.sampling_fps,
         "max_pixels": cfg.max_pixels, "file": SAMPLE_VIDEO}, "Video")
