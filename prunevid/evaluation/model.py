@@ -124,10 +124,13 @@ class PruneVidQwen25VLEval(lmms):
         visual = visual_input(turn, s)
         encoded = engine.encode(self.pv.model, visual, s.config)
         out = self.pv.answer(encoded, turn.question, max_new_tokens, system_prompt=turn.system_prompt, **sampling)
-        text = eval_args.cut(out["answer"], until)
+        # the decoded answer as lmms-eval's qwen2_5_vl returns it (not stripped, no clean-up of spaces)
+        text = self.tokenizer.decode(out["ids"], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        text = eval_args.cut(text, until)
         st = out["stats"]
         frames = [it.frames for it in encoded.items]
-        record = records.sample_record(st, s.label(), sum(f.shape[0] for f in frames), tuple(frames[0].shape[1:3]))
+        record = records.sample_record(st, s.label(), sum(f.shape[0] for f in frames), tuple(frames[0].shape[1:3]),
+                                        self.rank)
         self.cache_hook.add_partial("generate_until", (ctx, gen_kwargs), text)
         return GenerationResult(text=text, token_counts=PruneVidTokenCounts(
             input_tokens=st["tokens"]["sequence_after_stage1"], output_tokens=st["timings"]["new_tokens"],

@@ -13,17 +13,18 @@ AGGREGATES = (("retention", "mean retention"), ("flops_ratio_7b", "mean FLOPs ra
               ("ttft_s", "mean TTFT (s)"))
 
 
-def sample_record(stats: dict, label: str, frames: int, frame_hw: tuple) -> dict:
+def sample_record(stats: dict, label: str, frames: int, frame_hw: tuple, rank: int = 0) -> dict:
     """One answer's stats (prunevid.stats.final_stats) -> the record logged with the sample.
 
     retention: video tokens after Stage 2 / video tokens before Stage 1. flops_ratio_7b: analytic LLM prefill FLOPs
     against the unpruned prompt for Qwen2.5-VL-7B's shape (flops_ratio: for the model that ran). ttft_s: vision
     tower + Stage 1 + prefill + first decoded token (video decoding not included). kv_bytes: the KV cache after
-    the prefill (after Stage 3 when it runs); kv_bytes_unpruned: what the unpruned prompt would cache.
+    the prefill (after Stage 3 when it runs); kv_bytes_unpruned: what the unpruned prompt would cache. rank: the
+    data-parallel process that answered. frames / frame_hw: the frames (or images) the model saw, and their size.
     """
     tok, s3, t = stats["tokens"], stats["stage3"], stats["timings"]
     return {
-        "preset": label,
+        "preset": label, "rank": int(rank),
         "frames": int(frames), "frame_hw": [int(frame_hw[0]), int(frame_hw[1])],
         "video_tokens": tok["video_original"], "after_stage1": tok["video_after_stage1"],
         "after_stage2": tok["video_after_stage2"], "retention": tok["retention"],
