@@ -38,11 +38,16 @@ class PruneVidTokenCounts(TokenCounts):
         return {**super().to_dict(), "prunevid": self.prunevid}
 
 
-_SUMMARIES: list = []     # (title, [(task, aggregate)]) of this process's runs, printed at exit on rank 0
+# title -> {task: {doc_id: record}} of this process's runs (rank 0 gathers every rank's): printed at exit, after
+# lmms-eval's own results table, as one table per model
+_SUMMARIES: dict = {}
 
 
 def _print_summaries() -> None:
-    for title, rows in _SUMMARIES:
+    for title, by_task in _SUMMARIES.items():
+        if not by_task:
+            continue
+        rows = [(task, records.aggregate(list(docs.values()))) for task, docs in sorted(by_task.items())]
         print(records.format_aggregates(rows, title), flush=True)
 
 
@@ -162,17 +167,17 @@ class PruneVidQwen25VLEval(lmms):
             torch.distributed.all_gather_object(everyone, mine)
         if self.rank != 0:
             return
-        by_task = {}
-        for task, doc_id, record in (x for part in everyone for x in part):
-            by_task.setdefault(task, {})[doc_id] = record
-        if not by_task:
-            return
-        rows = [(task, records.aggregate(list(docs.values()))) for task, docs in sorted(by_task.items())]
-        overall = records.aggregate([r for docs in by_task.values() for r in docs.values()])
-        log_metrics(total_elapsed_time=elapsed, total_gen_tokens=sum(r["new_tokens"] for d in by_task.values()
-                                                                    for r in d.values()),
-                    avg_speed=0.0, additional_metrics={f"prunevid_{k}": overall[k] for k, _ in records.AGGREGATES})
+        title = (f"\nPruneVid ({eval_args.MODEL_ID}, {self.settings.label()}; {self.settings.pretrained}): "
+                 "pruning per task")
         if not _SUMMARIES:
             atexit.register(_print_summaries)
-        _SUMMARIES.append((f"\nPruneVid ({eval_args.MODEL_ID}, {self.settings.label()}; {self.settings.pretrained}): "
-                           "pruning per task", rows))
+        by_task = _SUMMARIES.setdefault(title, {})
+        now = []
+        for task, doc_id, record in (x for part in everyone for x in part):
+            by_task.setdefault(task, {})[doc_id] = record
+            now.append(record)
+        if not now:
+            return
+        overall = records.aggregate(now)
+        log_metrics(total_elapsed_time=elapsed, total_gen_tokens=sum(r["new_tokens"] for r in now), avg_speed=0.0,
+                    additional_metrics={f"prunevid_{k}": overall[k] for k, _ in records.AGGREGATES})
