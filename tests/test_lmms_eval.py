@@ -125,7 +125,9 @@ def test_paper_run_writes_accuracy_and_per_sample_pruning_stats(lmms):
             assert set(r) >= {"video_tokens", "after_stage1", "after_stage2", "retention", "kv_bytes", "prefill_s",
                               "ttft_s", "flops_ratio_7b", "rank", "preset"}
             assert r["preset"] == "paper max_frames=4 max_pixels=12544" and r["rank"] == 0
-            assert 0 < r["after_stage2"] < r["after_stage1"] < r["video_tokens"]
+            assert 0 < r["after_stage2"] < r["after_stage1"] <= r["video_tokens"]   # a picture has one frame:
+            if task == "prunevid_local":                                            # nothing to merge in time
+                assert r["after_stage1"] < r["video_tokens"]
             assert r["kv_bytes"] < r["kv_bytes_unpruned"] and r["flops_ratio_7b"] < 1
     # the means are in lmms-eval's results JSON and printed after its table
     thr = run.results["throughput"]
@@ -146,8 +148,9 @@ def test_paper_run_prunes_as_the_library_does_with_that_config(lmms, eval_env):
     settings = eval_args.parse({"pretrained": "tiny", "preset": "paper", "dtype": "fp32", "max_frames": 4,
                                 "max_pixels": 12544, "min_pixels": 3136})
     pv = PruneVidQwen25VL(str(tiny_model_path()), config=settings.config, device="cpu", dtype="fp32")
+    docs = json.loads((TASKS / "prunevid_local" / "prunevid_local.json").read_text())
     for doc_id, sample in run.samples["prunevid_local"].items():
-        clip = read_video(str(clips.resolve(sample["doc"]["video"])), settings)
+        clip = read_video(str(clips.resolve(docs[doc_id]["video"])), settings)
         enc = engine.encode(pv.model, clip, settings.config)
         out = pv.answer(enc, sample["input"], 16)
         r = run.record("prunevid_local", doc_id)
