@@ -280,3 +280,24 @@ def test_report_without_results_says_what_to_do(tmp_path):
         report.collect([str(tmp_path)])
     with pytest.raises(InputError, match="does not exist; give lmms-eval's --output_path"):
         report.collect([str(tmp_path / "missing")])
+
+
+def test_eval_report_command(tmp_path, capsys):
+    import importlib.util
+
+    from prunevid import cli
+    _fake_run(tmp_path / "r" / "tiny", "20260101_000000", "prunevid_qwen2_5_vl", "pretrained=tiny,preset=aggressive",
+              {"prunevid_local": (12.5, [_record(0.5, 0.6, 1.0)])})
+    assert cli.main(["eval-report", str(tmp_path / "r"), "--out", str(tmp_path / "o"), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert any(x.startswith("aggressive ") and " 12.50 " in x and " 0.500 " in x for x in out.splitlines())
+    assert (tmp_path / "o" / "eval-report.md").is_file() and not (tmp_path / "o" / "eval-report.png").exists()
+    code = cli.main(["eval-report", str(tmp_path / "r"), "--out", str(tmp_path / "o2")])
+    if importlib.util.find_spec("matplotlib") is None:     # the main environment: [eval] brings matplotlib
+        assert code == 1 and not (tmp_path / "o2").exists()     # nothing written before the error
+        assert capsys.readouterr().err.strip().endswith("the plot needs matplotlib: pip install matplotlib (it comes "
+                                                         "with the [eval] extra), or pass --no-plot")
+    else:
+        assert code == 0 and (tmp_path / "o2" / "eval-report.png").stat().st_size > 0
+    assert cli.main(["eval-report", str(tmp_path / "nothing")]) == 1
+    assert "does not exist; give lmms-eval's --output_path folder(s)" in capsys.readouterr().err

@@ -152,7 +152,7 @@ def markdown(rows: list) -> str:
     return "\n".join(lines) + "\n" + notes
 
 
-def plot(rows: list, path: Path) -> None:
+def _pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -160,6 +160,11 @@ def plot(rows: list, path: Path) -> None:
     except ImportError:
         raise InputError("the plot needs matplotlib: pip install matplotlib (it comes with the [eval] extra), or "
                          "pass --no-plot") from None
+    return plt
+
+
+def plot(rows: list, path: Path) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     tasks = sorted({r.task for r in rows})
     seen: dict = {}            # labels of points at the same place are stacked, not printed over each other
@@ -188,6 +193,8 @@ def plot(rows: list, path: Path) -> None:
 def main(paths: list, out: str | None = None, no_plot: bool = False) -> dict:
     """Print the table; write eval-report.md (and eval-report.png) into `out` (default: the first folder)."""
     rows = collect(paths)
+    if not no_plot:
+        _pyplot()              # a missing matplotlib fails before anything is printed or written
     folder = Path(out) if out else (Path(paths[0]) if Path(paths[0]).is_dir() else Path(paths[0]).parent)
     folder.mkdir(parents=True, exist_ok=True)
     print(text_table(rows))
