@@ -68,7 +68,7 @@ class PruneVidQwen25VLEval(lmms):
         self.accelerator = Accelerator()
         device = s.device
         if self.accelerator.num_processes > 1:
-            # one model per process, on the device accelerate gives this process (cuda:LOCAL_RANK, or cpu with --cpu)
+            # one model per process, on the device accelerate gives it (cuda:LOCAL_RANK; cpu on a machine without GPUs)
             if device not in ("auto", str(self.accelerator.device)):
                 _fail(ConfigError(f"model_arg device={device} with {self.accelerator.num_processes} processes: each "
                                   "process must use its own device; leave device unset (auto)"))
