@@ -301,3 +301,13 @@ def test_eval_report_command(tmp_path, capsys):
         assert code == 0 and (tmp_path / "o2" / "eval-report.png").stat().st_size > 0
     assert cli.main(["eval-report", str(tmp_path / "nothing")]) == 1
     assert "does not exist; give lmms-eval's --output_path folder(s)" in capsys.readouterr().err
+
+
+def test_plot_labels_leave_out_what_every_run_shares():
+    rows = [report.Row(label, "t", "score", 1.0, {}, Path("x")) for label in
+            ("paper max_frames=4", "baseline max_frames=4", "paper keep_ratio=0.3 max_frames=4")]
+    short, common = report.short_labels(rows)
+    assert common == "max_frames=4"
+    assert short == {"paper max_frames=4": "paper", "baseline max_frames=4": "baseline",
+                     "paper keep_ratio=0.3 max_frames=4": "paper keep_ratio=0.3"}
+    assert report.short_labels(rows[:1]) == ({"paper max_frames=4": "paper max_frames=4"}, "")

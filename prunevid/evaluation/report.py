@@ -163,26 +163,35 @@ def _pyplot():
     return plt
 
 
+def short_labels(rows: list) -> tuple:
+    """({label: label without the words every label shares}, the shared words): 'paper max_frames=4' and
+    'baseline max_frames=4' plot as 'paper' and 'baseline', with 'max_frames=4' said once in the title."""
+    words = [r.label.split(" ") for r in rows]
+    common = [w for w in words[0] if all(w in ws[1:] for ws in words)] if len(rows) > 1 else []
+    short = {r.label: " ".join(w for w in r.label.split(" ") if w not in common) or r.label for r in rows}
+    return short, " ".join(common)
+
+
 def plot(rows: list, path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     tasks = sorted({r.task for r in rows})
-    seen: dict = {}            # labels of points at the same place are stacked, not printed over each other
+    short, common = short_labels(rows)
     for i, task in enumerate(tasks):
         pts = [r for r in rows if r.task == task and _num(r.aggregate.get("retention")) >= 0 and not math.isnan(r.accuracy)]
         if not pts:
             continue
         ax.scatter([r.aggregate["retention"] for r in pts], [r.accuracy for r in pts], label=task,
                    color=f"C{i % 10}", zorder=3)
-        for r in pts:
-            at = (round(r.aggregate["retention"], 3), round(r.accuracy, 3))
-            seen[at] = seen.get(at, -1) + 1
-            ax.annotate(r.label, at, textcoords="offset points", xytext=(5, 4 - 10 * seen[at]), fontsize=7)
+        # labels alternate above and below their points (in order of retention), so neighbours do not overlap
+        for k, r in enumerate(sorted(pts, key=lambda r: r.aggregate["retention"])):
+            ax.annotate(short[r.label], (r.aggregate["retention"], r.accuracy), textcoords="offset points",
+                        xytext=(4, 6 if k % 2 == 0 else -12), fontsize=7)
     ax.set_xlabel("retention (video tokens kept / video tokens)")
     ax.set_ylabel("accuracy (task metric)")
     ax.set_xlim(0, 1.35)        # room for the labels of the unpruned points
     ax.grid(True, alpha=0.3)
-    ax.set_title("Accuracy against retention")
+    ax.set_title("Accuracy against retention" + (f"\n(every run: {common})" if common else ""), fontsize=10)
     if tasks:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
