@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 from . import engine, qwen, stage3, stats, video
@@ -42,13 +43,24 @@ class PruneVidQwen25VL:
     def load_video(self, video_path: str) -> video.Clip:
         return read_video(video_path, self.config)
 
-    def encode(self, video_path: str | None = None, images: list | None = None, progress=None) -> engine.Encoded:
-        """Question-independent work (decode, vision tower, Stage 1): reuse it for several questions."""
-        if (video_path is None) == (images is None):
-            raise InputError("give exactly one of video_path or images")
-        visual = self.load_video(video_path) if video_path is not None else \
-            video.load_images(images, max_pixels=self.config.max_pixels)
-        return engine.encode(self.model, visual, self.config, progress)
+    def encode(self, video_path: str | None = None, images: list | None = None, progress=None,
+               videos: list | None = None) -> engine.Encoded:
+        """Question-independent work (decode, vision tower, Stage 1): reuse it for several questions.
+
+        One prompt can hold several visual blocks: video_path, then every entry of videos (paths or Clips), then
+        every image, in that order; Stage 1 runs on each block alone.
+        """
+        return engine.encode(self.model, self.visuals(video_path, videos, images), self.config, progress)
+
+    def visuals(self, video_path=None, videos=None, images=None) -> list:
+        """The visual blocks of one prompt as engine.encode takes them: Clips (videos read now) and images."""
+        if isinstance(videos, (str, bytes, os.PathLike, video.Clip)):
+            videos = [videos]
+        if video_path is None and not videos and images is None:
+            raise InputError("give a video_path, videos=[...] or images=[...]")
+        paths = ([video_path] if video_path is not None else []) + list(videos or [])
+        clips = [v if isinstance(v, video.Clip) else self.load_video(v) for v in paths]
+        return clips + (video.load_images(images, max_pixels=self.config.max_pixels) if images is not None else [])
 
     def answer(self, encoded: engine.Encoded, question: str, max_new_tokens: int = 128,
                system_prompt: str = engine.DEFAULT_SYSTEM_PROMPT, on_text=None, progress=None, **sampling) -> dict:
@@ -61,13 +73,17 @@ class PruneVidQwen25VL:
         return {"answer": out["text"], "ids": out["ids"], "stats": stats.final_stats(pf.stats, out["stats"])}
 
     def generate(self, video_path: str | None = None, question: str = "", images: list | None = None,
-                 max_new_tokens: int = 128, return_stats: bool = False, on_text=None, **sampling):
-        """Answer `question` about a video (or images). Returns {"answer", "stats"} or just the answer string."""
+                 max_new_tokens: int = 128, return_stats: bool = False, on_text=None, videos: list | None = None,
+                 **sampling):
+        """Answer `question` about a video, several videos (videos=[a, b]) and/or images, all in one prompt.
+
+        Returns {"answer", "stats"} or just the answer string.
+        """
         if not isinstance(question, str) or not question.strip():
             raise InputError("question is empty: ask something about the video")
         sampling_params(max_new_tokens, sampling)     # bad values fail before the video is read
         t0 = time.perf_counter()
-        encoded = self.encode(video_path=video_path, images=images)
+        encoded = self.encode(video_path=video_path, images=images, videos=videos)
         out = self.answer(encoded, question, max_new_tokens, on_text=on_text, **sampling)
         out["stats"]["timings"]["end_to_end_s"] = time.perf_counter() - t0
         if self.config.verbose:
