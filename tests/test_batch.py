@@ -155,3 +155,17 @@ def test_encode_batch_and_answer_batch(model, sample_video, tmp_path):
     out = model.answer_batch(encoded, ["What happens?", "What happens?", "What happens?"], max_new_tokens=3)
     assert out[0]["error"] is None and out[1]["error"] == str(encoded[1]) and out[2]["error"] == str(encoded[2])
     assert out[0]["ids"] == model.answer(encoded[0], "What happens?", 3)["ids"]
+
+
+@pytest.mark.parametrize("preset", ["paper", "no_cache_compression"])
+def test_eager_attention_batches_too(tiny_model_dir, visuals, preset):
+    """eager attention adds only the masks it is given: the causal one in prefill, the padding one in decoding."""
+    from prunevid import qwen
+    eager = qwen.load(str(tiny_model_dir), dtype="fp32", device="cpu", attention="eager")
+    cfg = get_preset(preset)
+    encoded = [engine.encode(eager, v, cfg) for v in visuals]
+    alone = one_at_a_time(encoded, cfg, params())
+    _, together = batched(encoded, cfg, params())
+    for (_, ref), out in zip(alone, together):
+        assert out["ids"] == ref["ids"]
+        assert (out["logits"] - ref["logits"]).abs().max() <= 1e-4
