@@ -58,6 +58,8 @@ class PruneVidQwen25VL:
         """The visual blocks of one prompt as engine.encode takes them: Clips (videos read now) and images."""
         if isinstance(videos, (str, bytes, os.PathLike, video.Clip)):
             videos = [videos]
+        if videos is not None and not isinstance(videos, (list, tuple)):
+            raise InputError(f"videos must be a list of video paths (or Clips), got {type(videos).__name__}")
         if video_path is None and not videos and images is None:
             raise InputError("give a video_path, videos=[...] or images=[...]")
         paths = ([video_path] if video_path is not None else []) + list(videos or [])
@@ -169,6 +171,9 @@ class PruneVidQwen25VL:
             question = r.get("question")
             if not isinstance(question, str) or not question.strip():
                 raise InputError(f"request {i}: question is empty: ask something about the video")
+            if not isinstance(r.get("system_prompt", ""), str):
+                raise InputError(f"request {i}: system_prompt must be a string, got "
+                                 f"{type(r['system_prompt']).__name__}")
             params = sampling_params(r.get("max_new_tokens", max_new_tokens),
                                      {**sampling, **{k: r[k] for k in SAMPLING_ARGS if k in r}})
             if not any(r.get(k) is not None for k in VISUAL_KEYS):

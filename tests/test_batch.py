@@ -135,6 +135,9 @@ def test_a_failing_request_gets_an_error_and_the_others_answer(model, sample_vid
     assert "cannot decode" in results[1]["error"] and str(broken) in results[1]["error"]
     assert "question is empty" in results[3]["error"]
     assert "'temprature'" in results[4]["error"] and "max_new_tokens must be" in results[5]["error"]
+    odd = model.generate_batch([{"videos": 5, "question": "Why?"}, {"video_path": bikes, "question": "Why?",
+                                                                     "system_prompt": 3}])
+    assert "videos must be a list" in odd[0]["error"] and "system_prompt must be a string" in odd[1]["error"]
     for r in (results[1], results[3]):
         assert r["answer"] is None and r["stats"] is None and r["ids"] == []
     # the answers are those of the one-request path
