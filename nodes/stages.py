@@ -20,11 +20,14 @@ class PruneVidStage1Merge:
         "The video tokens that will enter the LLM (merged when enabled). Does not depend on the question, so "
         "ComfyUI reuses it when only the question changes.",
         "The sampled frames with Stage 1 drawn over them: top bar = temporal segment, grey = static tokens "
-        "(merged over the segment), colour = dynamic tokens, dark lines = merge boundaries.",
+        "(merged over the segment), colour = dynamic tokens, dark lines = merge boundaries. With several "
+        "videos, the frames of each follow the previous one's.",
     )
     DESCRIPTION = ("Runs Qwen2.5-VL's vision tower on the video, then PruneVid Stage 1: splits the video into "
                    "temporal segments, merges the tokens that stay still across a segment into one, and clusters "
-                   "the rest per frame group (DPC-KNN). Off = every vision token goes to the LLM.")
+                   "the rest per frame group (DPC-KNN). Off = every vision token goes to the LLM. Connect more "
+                   "videos to video_2 .. video_4 to ask one question about several clips (e.g. to compare them): "
+                   "they follow `video` in the same prompt, each merged on its own.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -43,12 +46,19 @@ class PruneVidStage1Merge:
                                        "frame groups (2 frames per group); segments are made contiguous."}),
             "dpc_knn_k": ("INT", {"default": _PAPER.dpc_knn_k, "min": 1, "max": 64, "step": 1, "tooltip":
                           "Neighbours for DPC-KNN's local density (authors' code: 7, seed README: 5)."}),
+        }, "optional": {
+            f"video_{k}": (VIDEO, {"tooltip": f"Optional: a {nth} video (another PruneVid Load Video) in the same "
+                           "prompt, after the ones above, so one question can compare the clips. Each video keeps "
+                           "its own time positions and is merged on its own."})
+            for k, nth in ((2, "second"), (3, "third"), (4, "fourth"))
         }}
 
-    def merge(self, model, video, enable, tau, cluster_ratio, temporal_segment_ratio, dpc_knn_k):
+    def merge(self, model, video, enable, tau, cluster_ratio, temporal_segment_ratio, dpc_knn_k, video_2=None,
+              video_3=None, video_4=None):
         config = PruneVidConfig(enable_stage1=enable, tau=tau, cluster_ratio=cluster_ratio,
                                 temporal_segment_ratio=temporal_segment_ratio, dpc_knn_k=dpc_knn_k)
-        encoded = engine.encode(model, video, config, progress=comfy.progress(1))
+        videos = [video] + [v for v in (video_2, video_3, video_4) if v is not None]
+        encoded = engine.encode(model, videos, config, progress=comfy.progress(len(videos)))
         return (encoded, visualize.stage1_map(encoded))
 
 

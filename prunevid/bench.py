@@ -2,6 +2,7 @@
 
     python -m benchmarks            (or: prunevid bench)         the default table, ~14 min on 2 CPU cores
     python -m benchmarks --full                                  every video x 16/32/64 frames x every preset
+    python -m benchmarks --throughput                            answers/s at batch 1 / 4 / 8, baseline vs paper
 
 A benchmark measures and reports; it never fails on a timing. Results go to benchmarks/results/<name>.json and
 <name>.md (the Markdown is rendered from the JSON).
@@ -35,6 +36,11 @@ Measurement rules:
   torch tensors, without the caching policy's fragmentation. Where clear_refs is unavailable a 2 ms RSS sampler
   is used; where mallopt is unavailable (not glibc) the timed runs measure memory themselves;
 - decoding ignores end-of-sequence so every run generates exactly --new-tokens tokens (random weights).
+
+--throughput measures batched answering instead (prunevid.batch, what model.generate_batch runs): the same
+--requests requests (the sample clips and questions, cycled) answered batch_size at a time, for every batch size
+and preset, interleaved inside every repetition; answers per second = requests / wall time from reading the video
+files to the last token of the last answer. Peak memory as above: one untimed run per configuration.
 """
 from __future__ import annotations
 
@@ -381,6 +387,183 @@ def evaluate_targets(cases: list, preset: str = "paper") -> list:
     return out
 
 
+# ---------------------------------------------------------------- throughput (batched answering)
+
+THROUGHPUT_PRESETS = ["baseline", "paper"]
+BATCH_SIZES = [1, 4, 8]
+THROUGHPUT_FRAMES = 8
+
+
+def throughput_requests(n: int, videos: list) -> list:
+    """n (video path, question) requests: the clips and the two questions, cycled (clip i % V, question i // V % 2)."""
+    paths = [_video_path(v) for v in videos]
+    return [(paths[i % len(paths)], QUESTIONS[(i // len(paths)) % len(QUESTIONS)]) for i in range(n)]
+
+
+def run_throughput_once(qm, requests: list, frames: int, config, batch_size: int, new_tokens: int,
+                        memory: bool = False) -> dict:
+    """Answer every request, batch_size at a time, as model.generate_batch does: per batch, read and encode each
+    request's video (vision tower + Stage 1), one batched prefill (+ Stage 3), batched decoding.
+
+    Returns the wall time and its parts, and (memory=True) the process's peak resident memory over the run.
+    """
+    import contextlib
+
+    from . import batch, engine
+    from .video import load_video
+
+    gc.collect()
+    parts = {"encode_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0}
+    real = padded = answers = tokens = 0
+    with (PeakMemory() if memory else contextlib.nullcontext()) as mem:
+        t0 = time.perf_counter()
+        for start in range(0, len(requests), batch_size):
+            chunk = requests[start:start + batch_size]
+            t1 = time.perf_counter()
+            encoded = [engine.encode(qm, load_video(path, max_frames=frames, sampling=config.video_sampling,
+                                                    fps=config.sampling_fps, max_pixels=config.max_pixels), config)
+                       for path, _ in chunk]
+            t2 = time.perf_counter()
+            bp = batch.prefill_batch(encoded, [q for _, q in chunk], config)
+            real += int(bp.lengths[0].sum())
+            padded += bp.size * bp.cache.lengths[0]
+            if config.enable_cache_compression:
+                bp = batch.compress_batch(bp)
+            _sync(qm)
+            t3 = time.perf_counter()
+            outs = batch.generate_batch(bp, [engine.SamplingParams(max_new_tokens=new_tokens)] * bp.size)
+            _sync(qm)
+            t4 = time.perf_counter()
+            parts["encode_s"] += t2 - t1
+            parts["prefill_s"] += t3 - t2
+            parts["decode_s"] += t4 - t3
+            answers += len(outs)
+            tokens += sum(len(o["ids"]) for o in outs)
+            del bp, outs, encoded
+        total = time.perf_counter() - t0
+    rec = {"time": {"total_s": total, "answers_per_s": answers / total, **parts}, "answers": answers,
+           "new_tokens": tokens, "padding_share": 1 - real / max(1, padded)}
+    if memory:
+        rec["memory"] = {"idle_rss_bytes": mem.idle, "peak_rss_bytes": mem.peak,
+                         "peak_over_idle_bytes": mem.peak - mem.idle, "method": mem.method}
+    return rec
+
+
+def throughput_worker(args, qm, dims, path, root, caching, started) -> int:
+    from .config import get_preset
+    presets = _items(args.presets) or THROUGHPUT_PRESETS
+    sizes = [int(b) for b in _items(args.batch_sizes)] or BATCH_SIZES
+    frames = ([int(f) for f in _items(args.frames)] or [THROUGHPUT_FRAMES])[0]
+    videos = _items(args.videos) or list(VIDEOS)
+    requests = throughput_requests(args.requests, videos)
+    configs = {name: get_preset(name, max_pixels=args.max_pixels) for name in presets}
+    if caching:
+        tokens = (frames // 2 * (args.max_pixels // 28**2) + 128) * max(sizes)
+        pool = min(int(4 * tokens * dims["d_ff"] * 4 + 2**28), available_bytes() // 2)
+        prefault(pool)
+        _log(f"[bench] pre-faulted a {pool / 2**30:.1f} GiB heap pool")
+    for name in presets:                   # warm-up (not recorded)
+        run_throughput_once(qm, requests[:2], 4, configs[name], 2, 2)
+    _log(f"[bench] warm-up done after {time.perf_counter() - started:.0f} s")
+    rows = {(n, b): {"preset": n, "batch_size": b, "runs": [], "memory_runs": []} for b in sizes for n in presets}
+    for rep in range(args.reps):
+        for b in sizes:
+            for name in presets:
+                rec = run_throughput_once(qm, requests, frames, configs[name], b, args.new_tokens,
+                                          memory=not caching)
+                rows[name, b]["runs"].append(rec)
+                t = rec["time"]
+                _log(f"[bench] throughput rep {rep + 1}/{args.reps} batch {b} {name:>8}: {t['answers_per_s']:.3f} "
+                     f"answers/s ({t['total_s']:.1f} s: encode {t['encode_s']:.1f}, prefill {t['prefill_s']:.1f}, "
+                     f"decode {t['decode_s']:.1f}; padding {100 * rec['padding_share']:.0f} %)  "
+                     f"[{time.perf_counter() - started:.0f}s]")
+    if caching:
+        set_allocator("default")
+        for (name, b), row in rows.items():
+            rec = run_throughput_once(qm, requests, frames, configs[name], b, 2, memory=True)
+            row["memory_runs"].append(rec)
+            _log(f"[bench] throughput memory batch {b} {name:>8}: peak {rec['memory']['peak_rss_bytes'] / 2**20:.0f} "
+                 f"MiB  [{time.perf_counter() - started:.0f}s]")
+    summarize_throughput(rows)
+    mem_methods = {r["memory"]["method"] for row in rows.values() for r in row["runs"] + row["memory_runs"]
+                   if "memory" in r}
+    res = {"meta": {"name": args.name, "kind": "throughput", "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+                    "command": args.command or "python -m benchmarks --throughput", "reps": args.reps,
+                    "new_tokens": args.new_tokens, "requests": [[Path(p).name, q] for p, q in requests],
+                    "frames": frames, "max_pixels": args.max_pixels, "dtype": args.dtype, "device": str(qm.device),
+                    "model": str(path), "model_dims": dims, "model_description": describe_model(qm, dims),
+                    "allocator": ("glibc caching policy for timed runs (mmap off, no trim); default policy for the "
+                                  "memory runs") if caching else "default",
+                    "memory_method": ", ".join(sorted(m for m in mem_methods if m)),
+                    "machine": machine_info(args.threads), "wall_time_s": None},
+           "rows": list(rows.values())}
+    res["meta"]["wall_time_s"] = time.perf_counter() - started
+    out_dir = Path(args.out_dir) if args.out_dir else root / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = render_throughput_markdown(res)
+    (out_dir / f"{args.name}.json").write_text(json.dumps(_finite(res), indent=1, default=_json_default) + "\n")
+    (out_dir / f"{args.name}.md").write_text(md)
+    print(md)
+    if args.readme:
+        update_readme(Path(args.readme), md, THROUGHPUT_START, THROUGHPUT_END)
+        _log(f"[bench] updated the throughput table in {args.readme}")
+    _log(f"[bench] wrote {out_dir / (args.name + '.json')} and .md in {res['meta']['wall_time_s'] / 60:.1f} min")
+    return 0
+
+
+def summarize_throughput(rows: dict) -> None:
+    """Medians (min, max) per configuration; speed-ups against batch 1 of the same preset and against the baseline
+    at the same batch size; peak memory against batch 1."""
+    for row in rows.values():
+        runs = row["runs"]
+        row["metrics"] = {k: _agg([r["time"][k] for r in runs]) for k in runs[0]["time"]}
+        mem = [r for r in row["memory_runs"] + runs if "memory" in r]
+        row["metrics"]["peak_rss_bytes"] = _agg([r["memory"]["peak_rss_bytes"] for r in mem])
+        row["padding_share"] = statistics.median(r["padding_share"] for r in runs)
+        row["answers"] = runs[0]["answers"]
+    med = lambda row, k: (row["metrics"].get(k) or {}).get("median")     # noqa: E731
+    for (name, b), row in rows.items():
+        one, base = rows.get((name, min(bb for n, bb in rows if n == name))), rows.get(("baseline", b))
+        row["speedup_vs_batch1"] = med(row, "answers_per_s") / med(one, "answers_per_s") if one else None
+        row["speedup_vs_baseline"] = (med(row, "answers_per_s") / med(base, "answers_per_s")
+                                      if base and name != "baseline" else None)
+        p1, pb = med(one, "peak_rss_bytes") if one else None, med(row, "peak_rss_bytes")
+        row["peak_vs_batch1"] = pb / p1 if p1 and pb else None
+
+
+def render_throughput_markdown(res: dict) -> str:
+    meta, L = res["meta"], []
+    mach = meta["machine"]
+    clips = sorted({p for p, _ in meta["requests"]})
+    L.append(f"### Throughput `{meta['name']}` ({meta['date']})")
+    L.append("")
+    L.append(f"- Command: `{meta['command']}` — wall time {meta['wall_time_s'] / 60:.1f} min")
+    L.append(f"- Machine: {mach['cpu']}, {mach['logical_cpus']} logical CPUs, torch threads {mach['torch_threads']}; "
+             f"torch {mach['torch']}, transformers {mach['transformers']}; {meta['dtype']} on {meta['device']}, SDPA")
+    L.append(f"- Model: {meta['model_description']}")
+    L.append(f"- {len(meta['requests'])} requests ({', '.join(clips)} cycled, two questions), {meta['frames']} frames "
+             f"each at max_pixels {meta['max_pixels']}, {meta['new_tokens']} new tokens per answer (end-of-sequence "
+             f"ignored). Answers/s = requests / wall time from reading the video files to the last token, through "
+             f"`prunevid.batch` (what `model.generate_batch` runs); median of {meta['reps']} repetition"
+             f"{'s' if meta['reps'] != 1 else ''} (min–max), configurations interleaved per repetition. Time columns "
+             "sum over the batches: video decoding + vision tower + Stage 1, LLM prefill (+ Stage 3), decoding. "
+             f"Padding = share of the prefill's layer-0 columns that were padding. Peak = process RSS high-water mark "
+             f"({meta['memory_method']}), one untimed run per configuration (2 new tokens). Allocator: "
+             f"{meta['allocator']}.")
+    L.append("")
+    L.append("| preset | batch | answers/s | × batch 1 | × baseline | video + vision + S1 s | LLM prefill s | decode s "
+             "| padding % | peak RSS MiB | peak × batch 1 |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in res["rows"]:
+        m = row["metrics"]
+        L.append(f"| {row['preset']} | {row['batch_size']} | {_rng(m['answers_per_s'], 3)} | "
+                 f"{_f(row['speedup_vs_batch1'])} | {_f(row['speedup_vs_baseline'])} | {_rng(m['encode_s'], 1)} | "
+                 f"{_rng(m['prefill_s'], 1)} | {_rng(m['decode_s'], 1)} | {100 * row['padding_share']:.0f} | "
+                 f"{_mib(m['peak_rss_bytes'])} | {_f(row['peak_vs_batch1'])} |")
+    L.append("")
+    return "\n".join(L) + "\n"
+
+
 # ---------------------------------------------------------------- Markdown
 
 def _f(x, nd=2):
@@ -491,14 +674,17 @@ def render_markdown(res: dict) -> str:
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
-def update_readme(path: Path, md: str) -> None:
-    """Replace the text between the bench markers in a README with the latest measured tables."""
+THROUGHPUT_START, THROUGHPUT_END = "<!-- throughput:start -->", "<!-- throughput:end -->"
+
+
+def update_readme(path: Path, md: str, start: str = README_START, end: str = README_END) -> None:
+    """Replace the text between the bench markers (or the given ones) in a README with the latest measured tables."""
     text = path.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{path} has no {README_START} ... {README_END} markers")
-    head, rest = text.split(README_START, 1)
-    tail = rest.split(README_END, 1)[1]
-    path.write_text(f"{head}{README_START}\n{md}{README_END}{tail}")
+    if start not in text or end not in text:
+        raise SystemExit(f"{path} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{start}\n{md}{end}{tail}")
 
 
 # ---------------------------------------------------------------- machine
@@ -589,6 +775,8 @@ def worker(args) -> int:
     qm = qwen.load(str(path), dtype=args.dtype, device=args.device)
     qm.eos_token_ids = []          # exactly --new-tokens tokens per answer, like vLLM's ignore_eos
     dims = bench_dims(qm)
+    if args.throughput:
+        return throughput_worker(args, qm, dims, path, root, caching, started)
     cases_plan = plan(args)
     configs = {name: get_preset(name, max_pixels=args.max_pixels) for _, _, ps, _ in cases_plan for name in ps}
 
@@ -725,6 +913,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--readme", help="also put the tables between the bench markers of this README")
     ap.add_argument("--default-allocator", action="store_true",
                     help="time with glibc's default malloc policy (see the module docstring)")
+    ap.add_argument("--throughput", action="store_true",
+                    help="measure answers/s of batched answering instead: --requests requests at every --batch-sizes "
+                         f"(default {','.join(map(str, BATCH_SIZES))}), presets baseline,paper, "
+                         f"{THROUGHPUT_FRAMES} frames unless --frames")
+    ap.add_argument("--batch-sizes", help="with --throughput: comma-separated batch sizes")
+    ap.add_argument("--requests", type=int, default=8, help="with --throughput: requests answered per configuration")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--command", help=argparse.SUPPRESS)
     return ap
@@ -733,7 +927,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(ap: argparse.ArgumentParser, args) -> None:
     """Bad values stop here with a usage error, not minutes later inside the worker."""
     from .config import PRESETS
-    for name in ("reps", "new_tokens", "threads"):
+    for name in ("reps", "new_tokens", "threads", "requests"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     unknown = [p for p in _items(args.presets) if p not in PRESETS]
@@ -745,6 +939,16 @@ def check_args(ap: argparse.ArgumentParser, args) -> None:
         ap.error(f"--frames {args.frames!r}: write whole numbers separated by commas, e.g. 16,32")
     if any(f < 2 for f in frames):
         ap.error("--frames: every frame count must be at least 2")
+    try:
+        sizes = [int(b) for b in _items(args.batch_sizes)]
+    except ValueError:
+        ap.error(f"--batch-sizes {args.batch_sizes!r}: write whole numbers separated by commas, e.g. 1,4,8")
+    if any(b < 1 for b in sizes):
+        ap.error("--batch-sizes: every batch size must be at least 1")
+    if args.throughput and len(frames) > 1:
+        ap.error("--throughput takes one frame count (--frames 8)")
+    if (args.batch_sizes is not None or args.requests != 8) and not args.throughput:
+        ap.error("--batch-sizes and --requests go with --throughput")
     for v in _items(args.videos):
         if v not in VIDEOS and not Path(v).is_file():
             ap.error(f"--videos: {v!r} is neither a sample ({', '.join(VIDEOS)}) nor a file")
@@ -759,7 +963,8 @@ def main(argv=None) -> int:
     check_args(ap, args)
     command = _command_line(argv)
     if args.name is None:
-        args.name = "full" if args.full else ("custom" if (args.videos or args.frames or args.presets) else "default")
+        args.name = ("throughput" if args.throughput else "full" if args.full else
+                     "custom" if (args.videos or args.frames or args.presets) else "default")
         argv += ["--name", args.name]
     # run the measurements in a fresh process: the allocator policy must not leak into the caller, and the
     # caller's own memory (a test runner, a notebook) must not count

@@ -340,19 +340,38 @@ def patch_video(prompt: dict, name: str) -> str:
     if not loaders:
         raise ComfyError(f"--video: the workflow has no {LOAD_VIDEO} node to read it")
     for nid in loaders:
-        inputs = prompt[nid]["inputs"]
-        source = next((inputs[k] for k in ("video", "images") if _is_link(inputs.get(k))), None)
-        if source is None:                              # the loader reads the file itself (path wins: clear it)
-            inputs["file"] = name
-            inputs["path"] = ""
-            continue
-        src = prompt.get(source[0])
-        widget = next((k for k in ("file", "video") if src and isinstance(src["inputs"].get(k), str)), None)
-        if widget is None:
-            raise ComfyError(f"--video: {_node_label(prompt, nid)} takes its frames from "
-                             f"{_node_label(prompt, source[0])}, which has no file widget to point at the upload")
-        src["inputs"][widget] = name
+        _point_loader(prompt, nid, name)
     return loaders[0]
+
+
+def patch_videos(prompt: dict, names: list) -> list:
+    """One uploaded file for every video loader, or one per loader in node-id order (a workflow that compares
+    clips); returns the loader node ids."""
+    loaders = nodes_of(prompt, LOAD_VIDEO)
+    if len(names) == 1:
+        return [patch_video(prompt, names[0])]
+    if len(names) != len(loaders):
+        raise ComfyError(f"--video given {len(names)} times, but the workflow reads {len(loaders)} video(s) "
+                         f"({', '.join(_node_label(prompt, n) for n in loaders) or f'no {LOAD_VIDEO} node'}); give "
+                         "--video once (for every loader) or once per loader, in node-id order")
+    for nid, name in zip(loaders, names):
+        _point_loader(prompt, nid, name)
+    return loaders
+
+
+def _point_loader(prompt: dict, nid: str, name: str) -> None:
+    inputs = prompt[nid]["inputs"]
+    source = next((inputs[k] for k in ("video", "images") if _is_link(inputs.get(k))), None)
+    if source is None:                              # the loader reads the file itself (path wins: clear it)
+        inputs["file"] = name
+        inputs["path"] = ""
+        return
+    src = prompt.get(source[0])
+    widget = next((k for k in ("file", "video") if src and isinstance(src["inputs"].get(k), str)), None)
+    if widget is None:
+        raise ComfyError(f"--video: {_node_label(prompt, nid)} takes its frames from "
+                         f"{_node_label(prompt, source[0])}, which has no file widget to point at the upload")
+    src["inputs"][widget] = name
 
 
 def patch_model(prompt: dict, model: str) -> None:
@@ -662,7 +681,9 @@ def register(subparsers) -> None:
                     "and print the answer (stdout) and the pruning stats (stderr).")
     p.add_argument("workflow", metavar="WORKFLOW", help="API-format workflow JSON, or a shipped preset name")
     p.add_argument("--server", default="127.0.0.1:8188", help="ComfyUI address HOST:PORT (default 127.0.0.1:8188)")
-    p.add_argument("--video", help="video file to upload (default: the workflow's own choice)")
+    p.add_argument("--video", action="append",
+                   help="video file to upload (default: the workflow's own choice); give it once per video loader "
+                        "for a workflow that reads several, e.g. compare_two_clips")
     p.add_argument("--question", help="the question (default: the workflow's own)")
     p.add_argument("--model", help="the model the server loads: a folder under its models/LLM or a hub id "
                                    "(default: the workflow's own)")
@@ -690,14 +711,18 @@ def cmd_submit(a) -> int:
             patch_model(prompt, a.model)
         for s in a.sets:
             apply_set(prompt, s)
-        if a.video and not Path(a.video).expanduser().is_file():
-            raise ComfyError(f"--video {a.video!r}: no such file")
+        for v in a.video or []:
+            if not Path(v).expanduser().is_file():
+                raise ComfyError(f"--video {v!r}: no such file")
+        if a.video:
+            patch_videos(json.loads(json.dumps(prompt)), a.video)   # a count that does not fit fails before uploading
         client = ComfyClient(a.server)
         display = Display(prompt, quiet=a.quiet)
         if a.video:
-            name = client.upload(Path(a.video).expanduser())
-            node = patch_video(prompt, name)
-            display.status(f"uploaded {a.video} as {name!r} (read by {_node_label(prompt, node)})")
+            names = [client.upload(Path(v).expanduser()) for v in a.video]
+            nodes = patch_videos(prompt, names)
+            for v, name, node in zip(a.video, names, nodes):
+                display.status(f"uploaded {v} as {name!r} (read by {_node_label(prompt, node)})")
         result = run(client.server, prompt, timeout=a.timeout, display=display, client=client)
     except Interrupted as e:
         print(f"prunevid submit: {e}", file=err)

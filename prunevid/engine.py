@@ -36,6 +36,8 @@ class VisualItem:
     second_per_grid_t: float    # seconds of video per temporal group (0 for images)
     tokens: stage1.MergedTokens
     frames: torch.Tensor | None = None   # uint8 [T, H, W, 3] sampled frames, for visualisation
+    source: str | None = None            # a video's path or description (Clip.source); None for images
+    notes: list = field(default_factory=list)   # what the video reader assumed or corrected for this video
 
 
 @dataclass
@@ -76,38 +78,60 @@ class Prefill:
 
 # ---------------------------------------------------------------- encode (question independent)
 
+def visual_items(visual) -> list:
+    """The visual blocks of one prompt, in prompt order, as [(kind, x)]: ("video", Clip) or ("image", [H, W, 3]).
+
+    visual: a Clip (one video), or an iterable of Clips and [H, W, 3] images (several blocks, mixed as given).
+    """
+    if isinstance(visual, Clip):
+        return [("video", visual)]
+    return [("video", x) if isinstance(x, Clip) else ("image", x) for x in visual]
+
+
 def visual_token_count(visual) -> int:
-    """LLM tokens a Clip or a list of [H, W, 3] images makes before Stage 1: one per 2 frames x 28 x 28 pixels.
+    """LLM tokens a Clip, or a list of Clips and [H, W, 3] images, makes before Stage 1: one per 2 frames x 28 x 28
+    pixels (an image counts as 2 frames).
 
     Every Qwen2.5-VL checkpoint has 14-px patches, 2-frame temporal patches and a 2x2 merge (FACTOR = 28), so the
     count needs no model: callers check the budget before paying for a model load.
     """
-    shapes = [tuple(visual.frames.shape)] if isinstance(visual, Clip) else \
-        [(1, *getattr(im, "shape", ())) for im in visual]
-    for shape in shapes:
+    total = 0
+    for kind, x in visual_items(visual):
+        shape = tuple(x.frames.shape) if kind == "video" else (1, *getattr(x, "shape", ()))
         if len(shape) != 4:
             raise VideoError(f"an image of shape {list(shape[1:])}: expected [H, W, 3]")
-    return sum(visual_tokens(t, h, w) for t, h, w, _ in shapes)
+        total += visual_tokens(shape[0], shape[1], shape[2])
+    return total
+
+
+def _describe(items: list) -> str:
+    if len(items) == 1 and items[0][0] == "video":
+        f = items[0][1].frames
+        return f"{f.shape[0]} frames at {f.shape[2]}x{f.shape[1]}"
+    videos = sum(kind == "video" for kind, _ in items)
+    parts = ([f"{videos} video(s)"] if videos else []) + ([f"{len(items) - videos} image(s)"]
+                                                           if len(items) > videos else [])
+    return " and ".join(parts)
 
 
 def check_budget(visual, config: PruneVidConfig) -> int:
     """Raise BudgetError when `visual` would make more tokens than config.max_video_tokens; return the count."""
-    total = visual_token_count(visual)
+    items = visual_items(visual)
+    total = visual_token_count([x for _, x in items])
     if total > config.max_video_tokens:
-        desc = (f"{visual.frames.shape[0]} frames at {visual.frames.shape[2]}x{visual.frames.shape[1]}"
-                if isinstance(visual, Clip) else f"{len(visual)} image(s)")
-        raise BudgetError(f"{desc} make {total} visual tokens, over max_video_tokens={config.max_video_tokens}; "
-                          "lower max_frames or max_pixels")
+        raise BudgetError(f"{_describe(items)} make {total} visual tokens, over max_video_tokens="
+                          f"{config.max_video_tokens}; lower max_frames or max_pixels")
     return total
 
 
 def encode(qm: QwenModel, visual, config: PruneVidConfig, progress: Progress | None = None) -> Encoded:
-    """Vision tower + Stage 1 for a Clip (video) or a list of [H, W, 3] uint8 images."""
+    """Vision tower + Stage 1 for a Clip (video), or for several visual blocks of one prompt: an iterable of Clips
+    and [H, W, 3] uint8 images, in prompt order (Stage 1 runs on each block alone)."""
     qwen.require_loaded(qm)
-    items_in = [("video", visual)] if isinstance(visual, Clip) else [("image", im) for im in visual]
+    items_in = visual_items(visual)
     if not items_in:
         raise InputError("no video or image given")
-    check_budget(visual if isinstance(visual, Clip) else [im for _, im in items_in], config)
+    check_budget([x for _, x in items_in], config)
     merge = qm.spatial_merge_size
     prepared = []
     for kind, x in items_in:
@@ -115,10 +139,10 @@ def encode(qm: QwenModel, visual, config: PruneVidConfig, progress: Progress | N
         pixels, (t, h, w) = to_patches(frames, qm.image_mean, qm.image_std)
         grid = (t, h // merge, w // merge)
         sec = (2 / x.fps) if kind == "video" else 0.0   # temporal_patch_size frames per group at the sampled fps
-        prepared.append((kind, frames, pixels, (t, h, w), grid, sec))
+        prepared.append((kind, x, frames, pixels, (t, h, w), grid, sec))
 
     items, t_vision, t_stage1 = [], 0.0, 0.0
-    for i, (kind, frames, pixels, thw, grid, sec) in enumerate(prepared):
+    for i, (kind, x, frames, pixels, thw, grid, sec) in enumerate(prepared):
         t0 = time.perf_counter()
         with torch.no_grad():
             feats = qwen.vision_features(qm, pixels, torch.tensor([thw]))
@@ -131,13 +155,18 @@ def encode(qm: QwenModel, visual, config: PruneVidConfig, progress: Progress | N
             tokens = stage1.unmerged(feats)
         t_vision += t1 - t0
         t_stage1 += time.perf_counter() - t1
-        items.append(VisualItem(kind, grid, sec, tokens, frames))
+        video = kind == "video"
+        items.append(VisualItem(kind, grid, sec, tokens, frames, source=x.source if video else None,
+                                notes=list(x.notes) if video else []))
         if progress:
             progress(i + 1, len(prepared))
     params = ({k: getattr(config, k) for k in ("tau", "cluster_ratio", "temporal_segment_ratio", "dpc_knn_k")}
               if config.enable_stage1 else None)
-    return Encoded(qm, items, params, {"vision_s": t_vision, "stage1_s": t_stage1},
-                   notes=list(visual.notes) if isinstance(visual, Clip) else [])
+    videos = [it for it in items if it.kind == "video"]
+    # one video: its notes as they are; several: each note says which video it is about
+    notes = [n if len(videos) == 1 else f"video {k + 1} ({it.source}): {n}"
+             for k, it in enumerate(videos) for n in it.notes]
+    return Encoded(qm, items, params, {"vision_s": t_vision, "stage1_s": t_stage1}, notes=notes)
 
 
 # ---------------------------------------------------------------- prompt assembly

@@ -44,6 +44,27 @@ class KVCache:
             new.lengths[i] = index.numel()
         return new
 
+    def gathered(self, layers: range, index: torch.Tensor) -> "KVCache":
+        """A cache whose `layers` hold, for each batch row b, the sequence positions index[b] ([B, n]: rows with
+        fewer real positions repeat a valid one, which the caller masks); the other layers are shared."""
+        new = KVCache(len(self.keys))
+        new.keys, new.values, new.lengths = list(self.keys), list(self.values), list(self.lengths)
+        for i in layers:
+            k, v = self.keys[i], self.values[i]
+            idx = index.to(k.device)[:, None, :, None].expand(k.shape[0], k.shape[1], index.shape[1], k.shape[3])
+            new.keys[i], new.values[i] = k.gather(2, idx), v.gather(2, idx)
+            new.lengths[i] = index.shape[1]
+        return new
+
+    def rows(self, index: torch.Tensor) -> "KVCache":
+        """A cache holding only the batch rows `index` [B'] of every layer (buffers keep their room for new tokens)."""
+        new = KVCache(len(self.keys))
+        new.lengths = list(self.lengths)
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            idx = index.to(k.device)
+            new.keys[i], new.values[i] = k[idx], v[idx]
+        return new
+
     def fork(self, extra: int) -> "KVCache":
         """A copy with room for `extra` more tokens per layer; this cache is left untouched."""
         new = KVCache(len(self.keys))

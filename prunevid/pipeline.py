@@ -7,13 +7,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
-from . import engine, qwen, stage3, stats, video
+from . import batch, engine, qwen, stage3, stats, video
 from .config import PruneVidConfig, get_paper_config
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, PruneVidError
 
 SAMPLING_ARGS = [f.name for f in dataclasses.fields(engine.SamplingParams) if f.name != "max_new_tokens"]
+VISUAL_KEYS = ("video_path", "videos", "images")
+REQUEST_KEYS = (*VISUAL_KEYS, "question", "system_prompt", "max_new_tokens", *SAMPLING_ARGS)
 
 
 def sampling_params(max_new_tokens: int, sampling: dict) -> engine.SamplingParams:
@@ -46,13 +49,26 @@ class PruneVidQwen25VL:
     def load_video(self, video_path: str) -> video.Clip:
         return read_video(video_path, self.config)
 
-    def encode(self, video_path: str | None = None, images: list | None = None, progress=None) -> engine.Encoded:
-        """Question-independent work (decode, vision tower, Stage 1): reuse it for several questions."""
-        if (video_path is None) == (images is None):
-            raise InputError("give exactly one of video_path or images")
-        visual = self.load_video(video_path) if video_path is not None else \
-            video.load_images(images, max_pixels=self.config.max_pixels)
-        return engine.encode(self.model, visual, self.config, progress)
+    def encode(self, video_path: str | None = None, images: list | None = None, progress=None,
+               videos: list | None = None) -> engine.Encoded:
+        """Question-independent work (decode, vision tower, Stage 1): reuse it for several questions.
+
+        One prompt can hold several visual blocks: video_path, then every entry of videos (paths or Clips), then
+        every image, in that order; Stage 1 runs on each block alone.
+        """
+        return engine.encode(self.model, self.visuals(video_path, videos, images), self.config, progress)
+
+    def visuals(self, video_path=None, videos=None, images=None) -> list:
+        """The visual blocks of one prompt as engine.encode takes them: Clips (videos read now) and images."""
+        if isinstance(videos, (str, bytes, os.PathLike, video.Clip)):
+            videos = [videos]
+        if videos is not None and not isinstance(videos, (list, tuple)):
+            raise InputError(f"videos must be a list of video paths (or Clips), got {type(videos).__name__}")
+        if video_path is None and not videos and images is None:
+            raise InputError("give a video_path, videos=[...] or images=[...]")
+        paths = ([video_path] if video_path is not None else []) + list(videos or [])
+        clips = [v if isinstance(v, video.Clip) else self.load_video(v) for v in paths]
+        return clips + (video.load_images(images, max_pixels=self.config.max_pixels) if images is not None else [])
 
     def answer(self, encoded: engine.Encoded, question: str, max_new_tokens: int = 128,
                system_prompt: str = engine.DEFAULT_SYSTEM_PROMPT, on_text=None, progress=None, **sampling) -> dict:
@@ -65,18 +81,144 @@ class PruneVidQwen25VL:
         return {"answer": out["text"], "ids": out["ids"], "stats": stats.final_stats(pf.stats, out["stats"])}
 
     def generate(self, video_path: str | None = None, question: str = "", images: list | None = None,
-                 max_new_tokens: int = 128, return_stats: bool = False, on_text=None, **sampling):
-        """Answer `question` about a video (or images). Returns {"answer", "stats"} or just the answer string."""
+                 max_new_tokens: int = 128, return_stats: bool = False, on_text=None, videos: list | None = None,
+                 **sampling):
+        """Answer `question` about a video, several videos (videos=[a, b]) and/or images, all in one prompt.
+
+        Returns {"answer", "stats"} or just the answer string.
+        """
         if not isinstance(question, str) or not question.strip():
             raise InputError("question is empty: ask something about the video")
         sampling_params(max_new_tokens, sampling)     # bad values fail before the video is read
         t0 = time.perf_counter()
-        encoded = self.encode(video_path=video_path, images=images)
+        encoded = self.encode(video_path=video_path, images=images, videos=videos)
         out = self.answer(encoded, question, max_new_tokens, on_text=on_text, **sampling)
         out["stats"]["timings"]["end_to_end_s"] = time.perf_counter() - t0
         if self.config.verbose:
             print(stats.format_stats(out["stats"]))
         return {"answer": out["answer"], "stats": out["stats"]} if return_stats else out["answer"]
+
+    # ---------------------------------------------------------------- batches
+
+    def encode_batch(self, requests: list, progress=None) -> list:
+        """encode() for each request dict ({"video_path" | "videos" | "images", ...}; other keys are ignored), each
+        on its own: returns, in order, an engine.Encoded or the PruneVidError that request raised."""
+        out = []
+        for i, r in enumerate(requests):
+            try:
+                if not isinstance(r, dict):
+                    raise InputError(f"request {i}: expected a dict such as {{'video_path': ..., 'question': ...}}, "
+                                     f"got {type(r).__name__}")
+                out.append(self.encode(**{k: r[k] for k in VISUAL_KEYS if k in r}))
+            except PruneVidError as e:
+                out.append(e)
+            if progress:
+                progress(i + 1, len(requests))
+        return out
+
+    def answer_batch(self, encoded: list, questions: list, max_new_tokens: int = 128,
+                     system_prompt: str = engine.DEFAULT_SYSTEM_PROMPT, progress=None, **sampling) -> list:
+        """answer() for several encoded inputs at once, batched through the LLM (see prunevid.batch).
+
+        encoded: what encode_batch returned (an entry that is an error gives that error's result). Returns one dict
+        per entry, in order: {"answer", "ids", "stats", "error": None}, or {"answer": None, "ids": [], "stats": None,
+        "error": message} for a request that failed.
+        """
+        params = sampling_params(max_new_tokens, sampling)
+        n = len(encoded)
+        if len(questions) != n:
+            raise InputError(f"answer_batch needs one question per encoded input: {n} inputs, {len(questions)} "
+                             "questions")
+        return self._answer_rows(list(encoded), list(questions), [system_prompt] * n, [params] * n, progress)
+
+    def generate_batch(self, requests: list, max_new_tokens: int = 128, batch_size: int = 8, progress=None,
+                       **sampling) -> list:
+        """Answer several requests, batch_size of them at a time through the LLM, each pruned on its own.
+
+        requests: dicts with "video_path" (or "videos": [...], "images": [...]) and "question"; optional
+        "system_prompt", "max_new_tokens" and any sampling argument, which override this call's defaults for that
+        request. Returns one result dict per request, in order, each with its own stats (see answer_batch); a
+        request that fails (a corrupt video, an empty question, a bad value) gets an error result and the others
+        are answered. progress(done, total) is called after each group of batch_size requests.
+        """
+        sampling_params(max_new_tokens, sampling)             # the call's own defaults fail at once
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        results = []
+        for start in range(0, len(requests), batch_size):
+            t0 = time.perf_counter()
+            chunk = requests[start:start + batch_size]
+            prepared = [self._prepare(start + i, r, max_new_tokens, sampling) for i, r in enumerate(chunk)]
+            encoded = [p if isinstance(p, PruneVidError) else _try(self.encode, **p["visual"]) for p in prepared]
+            ok = [not isinstance(p, PruneVidError) for p in prepared]
+            out = self._answer_rows(encoded, [p["question"] if k else "" for p, k in zip(prepared, ok)],
+                                    [p["system_prompt"] if k else "" for p, k in zip(prepared, ok)],
+                                    [p["params"] if k else None for p, k in zip(prepared, ok)])
+            for r in out:
+                if r["stats"] is not None:
+                    r["stats"]["timings"]["end_to_end_s"] = time.perf_counter() - t0     # the batch's
+            results += out
+            if progress:
+                progress(len(results), len(requests))
+        return results
+
+    def _prepare(self, i: int, r, max_new_tokens: int, sampling: dict):
+        """One request dict checked: {"visual", "question", "system_prompt", "params"}, or the error it makes."""
+        try:
+            if not isinstance(r, dict):
+                raise InputError(f"request {i}: expected a dict such as {{'video_path': ..., 'question': ...}}, "
+                                 f"got {type(r).__name__}")
+            unknown = sorted(set(r) - set(REQUEST_KEYS))
+            if unknown:
+                raise InputError(f"request {i}: unknown key(s) {', '.join(map(repr, unknown))}; a request takes "
+                                 f"{', '.join(REQUEST_KEYS)}")
+            question = r.get("question")
+            if not isinstance(question, str) or not question.strip():
+                raise InputError(f"request {i}: question is empty: ask something about the video")
+            if not isinstance(r.get("system_prompt", ""), str):
+                raise InputError(f"request {i}: system_prompt must be a string, got "
+                                 f"{type(r['system_prompt']).__name__}")
+            params = sampling_params(r.get("max_new_tokens", max_new_tokens),
+                                     {**sampling, **{k: r[k] for k in SAMPLING_ARGS if k in r}})
+            if not any(r.get(k) is not None for k in VISUAL_KEYS):
+                raise InputError(f"request {i}: give a video_path, videos=[...] or images=[...]")
+            return {"visual": {k: r[k] for k in VISUAL_KEYS if k in r}, "question": question,
+                    "system_prompt": r.get("system_prompt", engine.DEFAULT_SYSTEM_PROMPT), "params": params}
+        except PruneVidError as e:
+            return e
+
+    def _answer_rows(self, encoded: list, questions: list, system_prompts: list, params: list,
+                     progress=None) -> list:
+        """The batched prefill, Stage 3 and decoding of every row that is not an error; error rows get error
+        results."""
+        results = [_error_result(e) if isinstance(e, PruneVidError) else None for e in encoded]
+        for b, q in enumerate(questions):
+            if results[b] is None and (not isinstance(q, str) or not q.strip()):
+                results[b] = _error_result(InputError("question is empty: ask something about the video"))
+        rows = [b for b, r in enumerate(results) if r is None]
+        if not rows:
+            return results
+        bp = batch.prefill_batch([encoded[b] for b in rows], [questions[b] for b in rows],
+                                 self.config, [system_prompts[b] for b in rows], progress=progress)
+        if self.config.enable_cache_compression:
+            bp = batch.compress_batch(bp)
+        outs = batch.generate_batch(bp, [params[b] for b in rows])
+        for j, (b, out) in enumerate(zip(rows, outs)):
+            results[b] = {"answer": out["text"], "ids": out["ids"],
+                          "stats": stats.final_stats(bp.stats[j], out["stats"]), "error": None}
+        return results
+
+
+def _try(fn, **kwargs):
+    """fn(**kwargs), or the PruneVidError it raised."""
+    try:
+        return fn(**kwargs)
+    except PruneVidError as e:
+        return e
+
+
+def _error_result(e: PruneVidError) -> dict:
+    return {"answer": None, "ids": [], "stats": None, "error": str(e)}
 
 
 def read_video(video_path, config: PruneVidConfig) -> video.Clip:

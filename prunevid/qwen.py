@@ -444,20 +444,35 @@ def vision_features(qm: QwenModel, pixel_values: torch.Tensor, grid_thw: torch.T
 
 
 def rotary(qm: QwenModel, hidden: torch.Tensor, positions: torch.Tensor):
-    """The decoder layers' (cos, sin) for 3-D positions [3, L] (batch 1), in whatever layout this version uses."""
-    return qm.language_model.rotary_emb(hidden, positions[:, None, :].to(hidden.device))
+    """The decoder layers' (cos, sin) for 3-D positions [3, L] (batch 1) or [3, B, L] (a batch), in whatever layout
+    this version uses."""
+    positions = positions[:, None, :] if positions.ndim == 2 else positions
+    return qm.language_model.rotary_emb(hidden, positions.to(hidden.device))
 
 
-def decoder_layer(layer, hidden: torch.Tensor, position_embeddings, cache) -> torch.Tensor:
-    """One decoder layer on hidden [1, n, D], appending its keys/values to `cache`.
+def decoder_layer(layer, hidden: torch.Tensor, position_embeddings, cache, attention_mask=None) -> torch.Tensor:
+    """One decoder layer on hidden [B, n, D], appending its keys/values to `cache`.
 
-    Batch 1 without padding needs no mask for SDPA (causal when n > 1, the whole cache when n = 1) nor for
-    flash-attention (causal, aligned to the end of the cache); eager attention only adds the mask it is given, so it
-    gets an explicit causal one (causal_mask).
+    Rows without padding before their last real token need no mask for SDPA (causal when n > 1, the whole cache when
+    n = 1) nor for flash-attention (causal, aligned to the end of the cache); eager attention only adds the mask it
+    is given, so it gets an explicit causal one (causal_mask). attention_mask (padding_mask) overrides that.
     """
-    out = layer(hidden, attention_mask=causal_mask(layer, hidden, cache), position_embeddings=position_embeddings,
+    mask = attention_mask if attention_mask is not None else causal_mask(layer, hidden, cache)
+    out = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings,
                 **{_cache_kwarg(layer): cache}, use_cache=True)
     return out[0] if isinstance(out, tuple) else out                        # 4.57: tuple; 5.x: tensor
+
+
+def padding_mask(layer, valid: torch.Tensor, dtype: torch.dtype):
+    """The mask one new token per row needs to skip padding keys: valid [B, keys] bool (True = attend).
+
+    SDPA and eager take an additive [B, 1, 1, keys] mask (0 or the dtype's minimum); flash-attention takes the 2-D
+    padding mask transformers itself passes it ([B, keys], 1 = attend).
+    """
+    if layer.self_attn.config._attn_implementation == "flash_attention_2":
+        return valid.long()
+    mask = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+    return mask.masked_fill_(~valid, torch.finfo(dtype).min)[:, None, None, :]
 
 
 def causal_mask(layer, hidden: torch.Tensor, cache) -> torch.Tensor | None:

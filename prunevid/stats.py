@@ -46,22 +46,32 @@ def model_dims(qm) -> tuple:
 
 
 def video_stats(encoded) -> dict | None:
-    """The timing Qwen was given for the video (None for images): what a run can be checked against.
+    """The timing Qwen was given for the (first) video, None for images only: what a run can be checked against.
 
     frames: sampled frames fed to the vision tower (even: Qwen packs 2 per temporal group); fps: their effective
     rate, which sets the temporal positions; seconds_per_temporal_group = 2 / fps; frame_size: [width, height]
     after resizing; notes: what was assumed or corrected while reading (e.g. a frame rate that had to be assumed).
+    A prompt with several videos has one such dictionary per video in videos_stats.
     """
-    videos = [it for it in encoded.items if it.kind == "video"]
+    videos = videos_stats(encoded)
     if not videos:
         return None
-    it = videos[0]                      # encode takes one video (or images)
-    t, h, w = it.grid                   # LLM tokens: one per 28x28 pixels and 2 frames
-    frames, height, width = (it.frames.shape[:3] if it.frames is not None else (2 * t, 28 * h, 28 * w))
-    return {"frames": int(frames), "fps": 2 / it.second_per_grid_t if it.second_per_grid_t else None,
-            "seconds_per_temporal_group": it.second_per_grid_t, "temporal_groups": t,
-            "frame_size": [int(width), int(height)], "tokens_per_group": h * w,
-            "notes": list(encoded.notes)}
+    return {**videos[0], "notes": list(encoded.notes) if len(videos) == 1 else videos[0]["notes"]}
+
+
+def videos_stats(encoded) -> list:
+    """video_stats for every video of the prompt, in prompt order (each with its source and its own notes)."""
+    out = []
+    for it in encoded.items:
+        if it.kind != "video":
+            continue
+        t, h, w = it.grid                   # LLM tokens: one per 28x28 pixels and 2 frames
+        frames, height, width = (it.frames.shape[:3] if it.frames is not None else (2 * t, 28 * h, 28 * w))
+        out.append({"frames": int(frames), "fps": 2 / it.second_per_grid_t if it.second_per_grid_t else None,
+                    "seconds_per_temporal_group": it.second_per_grid_t, "temporal_groups": t,
+                    "frame_size": [int(width), int(height)], "tokens_per_group": h * w,
+                    "source": getattr(it, "source", None), "notes": list(getattr(it, "notes", []))})
+    return out
 
 
 def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, cache) -> dict:
@@ -91,6 +101,7 @@ def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, cache) -> dic
         "flops": {"this_model_ratio": flops_ratio(layers, d, d_kv, d_ff, L0, L1, L2, M)},
         "video": video_stats(encoded),
         "weights": weights(qm),
+        "videos": videos_stats(encoded),     # one entry per video of the prompt (several videos in one prompt)
     }
     for name, (nl, dd, dkv, dff) in QWEN25VL_DIMS.items():
         m = -1 if M < 0 else round(M * nl / layers)   # the same relative depth

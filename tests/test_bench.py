@@ -118,3 +118,43 @@ def test_blank_list_entries_are_ignored_and_json_is_strict():
     args = bench.build_parser().parse_args(["--videos", "bikes,", "--frames", "4,", "--presets", "paper, ,baseline"])
     assert bench.plan(args) == [("bikes", 4, ["paper", "baseline"], True)]
     assert bench._finite({"a": [1.0, float("nan")], "b": float("inf")}) == {"a": [1.0, None], "b": None}
+
+
+@pytest.fixture(scope="module")
+def throughput(tmp_path_factory, tiny_model_dir):
+    out = tmp_path_factory.mktemp("throughput")
+    rc = bench.main(["--throughput", "--model", "tiny", "--videos", "carphone,bikes", "--frames", "2", "--reps", "1",
+                     "--new-tokens", "2", "--requests", "3", "--batch-sizes", "1,2", "--out-dir", str(out),
+                     "--name", "tp"])
+    assert rc == 0
+    assert (out / "tp.md").read_text().startswith("### Throughput `tp`")
+    return json.loads((out / "tp.json").read_text())
+
+
+def test_throughput_layout(throughput):
+    assert throughput["meta"]["kind"] == "throughput" and len(throughput["meta"]["requests"]) == 3
+    assert [r[0] for r in throughput["meta"]["requests"]] == ["carphone_pristine.mp4", "bikes.mp4",
+                                                              "carphone_pristine.mp4"]
+    rows = {(r["preset"], r["batch_size"]): r for r in throughput["rows"]}
+    assert set(rows) == {(p, b) for p in ("baseline", "paper") for b in (1, 2)}
+    for (preset, b), r in rows.items():
+        run = r["runs"][0]
+        assert run["answers"] == 3 and run["new_tokens"] == 3 * 2          # every request answered, EOS ignored
+        assert {"answers_per_s", "total_s", "encode_s", "prefill_s", "decode_s", "peak_rss_bytes"} <= set(r["metrics"])
+        assert r["memory_runs"] and r["memory_runs"][0]["memory"]["peak_rss_bytes"] > 0
+        assert (r["padding_share"] == 0) == (b == 1), "batch 1 has no padding; mixed clips in a batch have some"
+        assert r["speedup_vs_batch1"] is not None and (r["speedup_vs_baseline"] is None) == (preset == "baseline")
+    assert "| paper | 2 |" in bench.render_throughput_markdown(throughput)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--throughput", "--batch-sizes", "1,x"], "write whole numbers"),
+    (["--throughput", "--batch-sizes", "0"], "at least 1"),
+    (["--throughput", "--frames", "4,8"], "one frame count"),
+    (["--batch-sizes", "4"], "go with --throughput"),
+    (["--throughput", "--requests", "0"], "--requests must be at least 1"),
+])
+def test_bad_throughput_arguments_stop_before_any_work(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(args)
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -339,6 +339,16 @@ def test_video_goes_to_the_node_that_reads_it():
     assert interop["11"]["class_type"] == "LoadVideo" and interop["11"]["inputs"]["file"] == "clip.mp4"
 
 
+def test_each_video_goes_to_its_own_loader_in_the_compare_workflow():
+    compare = cc.load_workflow(PAPER.parent / "compare_two_clips.json")
+    assert cc.patch_videos(compare, ["a.mp4", "b.mp4"]) == ["2", "11"]
+    assert (compare["2"]["inputs"]["file"], compare["11"]["inputs"]["file"]) == ("a.mp4", "b.mp4")
+    assert cc.patch_videos(compare, ["c.mp4"]) == ["2"]          # once: every loader reads it
+    assert compare["2"]["inputs"]["file"] == compare["11"]["inputs"]["file"] == "c.mp4"
+    with pytest.raises(cc.ComfyError, match=r"--video given 3 times, but the workflow reads 2 video\(s\)"):
+        cc.patch_videos(compare, ["a.mp4", "b.mp4", "c.mp4"])
+
+
 def test_prompt_finishing_while_the_websocket_reconnects_is_not_missed(capsys, monkeypatch):
     first = []
 

@@ -136,6 +136,7 @@ def env(tmp_path_factory, tiny_model_dir, sample_video):
     not_qwen.mkdir()
     (not_qwen / "config.json").write_text(json.dumps({"model_type": "llama"}))
     shutil.copy(sample_video, inputs / "bigbuckbunny.mp4")
+    shutil.copy(sample_video.parent / "bikes.mp4", inputs / "bikes.mp4")
     (inputs / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4096))
     rec = Recorder()
     stand_ins = make_stand_ins(rec, models, inputs)
@@ -602,6 +603,29 @@ def test_core_loadvideo_interop_workflow_runs(env):
     assert out[find(prompt, "PruneVidGenerate")]["result"][0].strip()
     frames = out[find(prompt, "PruneVidLoadVideo")]["result"][1]
     assert frames.shape[0] == FAST["max_frames"]
+
+
+def test_compare_two_clips_workflow_answers_about_both_videos_in_one_prompt(env):
+    prompt = api_workflow("compare_two_clips")
+    out = execute(env, prompt)
+    gen, s1 = find(prompt, "PruneVidGenerate"), find(prompt, "PruneVidStage1Merge")
+    answer, stats_json = out[gen]["result"]
+    stats = json.loads(stats_json)
+    assert [os.path.basename(v["source"]) for v in stats["videos"]] == ["bigbuckbunny.mp4", "bikes.mp4"]
+    encoded = out[s1]["result"][0]
+    assert [it.kind for it in encoded.items] == ["video", "video"]
+    assert stats["stage2"]["enabled"] and stats["stage3"]["enabled"]
+    # the library gives the same answer for the same two clips in one prompt
+    lib = env.lib
+    clips = [out[i]["result"][0] for i in sorted((i for i, n in prompt.items()
+                                                  if n["class_type"] == "PruneVidLoadVideo"), key=int)]
+    cfg = lib("config").get_paper_config()
+    q = prompt[find(prompt, "PruneVidStage2Select")]["inputs"]["question"]
+    pf = lib("stage3").compress(lib("engine").prefill(lib("engine").encode(encoded.model, clips, cfg), q, cfg))
+    ref = lib("engine").generate(pf, lib("engine").SamplingParams(max_new_tokens=6))
+    assert answer == ref["text"] and answer.strip()
+    frames = out[s1]["result"][1]
+    assert frames.shape[0] == sum(c.frames.shape[0] for c in clips), "the segment map shows both clips"
 
 
 def test_cached_rerun_gives_identical_output_and_new_question_reuses_stage1(env):

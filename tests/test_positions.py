@@ -70,3 +70,30 @@ def test_matches_transformers_457_get_rope_index():
                                 ("vision", (1, h // 2, w // 2), 0.0, 2), ("text", 3)])
         assert torch.equal(ours, ref[:, 0])
         assert delta == int(ref_delta)
+
+
+@pytest.mark.skipif(not transformers.__version__.startswith("4."),
+                    reason="transformers 4.57's get_rope_index is the reference; 5.x misplaces text after video")
+def test_several_videos_and_an_image_match_transformers_457_get_rope_index():
+    """Each block at its own positions, the text between and after continuing from the previous block's max + 1;
+    here the second video's timeline is longer than its width, where 5.x would go wrong."""
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+    cfg = Qwen2_5_VLConfig(vision_start_token_id=90, image_token_id=91, video_token_id=92)
+    cfg.vision_config.tokens_per_second = 2
+    fake = types.SimpleNamespace(config=cfg)
+    videos, image = [(4, 6, 8, 1.0), (10, 4, 4, 2.0)], (1, 6, 4)
+    ids = [1] * 5
+    for t, h, w, _ in videos:
+        ids += [90] + [92] * (t * h * w // 4) + [93]
+    ids += [1] * 3 + [90] + [91] * (image[1] * image[2] // 4) + [93] + [1] * 6
+    ref, ref_delta = Qwen2_5_VLModel.get_rope_index(
+        fake, torch.tensor([ids]), image_grid_thw=torch.tensor([image]),
+        video_grid_thw=torch.tensor([v[:3] for v in videos]), second_per_grid_ts=torch.tensor([v[3] for v in videos]))
+    pieces = [("text", 6), ("vision", (4, 3, 4), 1.0, 2), ("text", 2), ("vision", (10, 2, 2), 2.0, 2), ("text", 5),
+              ("vision", (1, 3, 2), 0.0, 2), ("text", 7)]
+    ours, delta = P.layout(pieces)
+    assert torch.equal(ours, ref[:, 0])
+    assert delta == int(ref_delta)
+    second = 6 + 48 + 2        # the second video's first token: the text before it ends at the first's max + 1
+    assert int(ours[0, second - 1]) == int(ours[:, 6:54].max()) + 2

@@ -15,7 +15,7 @@ from conftest import PACK_DIR, load_pack, make_workflows
 WORKFLOWS = PACK_DIR / "workflows"
 CORE_IDS = PACK_DIR.parent / "shared" / "data" / "comfyui-core-node-ids.txt"
 PRESETS = ("paper", "baseline", "conservative", "aggressive", "stage1_only", "stage2_only", "no_cache_compression")
-NAMES = PRESETS + ("core_loadvideo_interop",)
+NAMES = PRESETS + ("core_loadvideo_interop", "compare_two_clips")
 VIRTUAL = {"Note", "MarkdownNote"}          # frontend-only nodes: in the UI file, never in the API prompt
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 
@@ -244,3 +244,23 @@ def test_interop_workflow_feeds_core_video_into_prunevid(defs):
     core = next(i for i, n in prompt.items() if n["class_type"] == "LoadVideo")
     loader = next(n for n in prompt.values() if n["class_type"] == "PruneVidLoadVideo")
     assert loader["inputs"]["video"] == [core, 0]
+
+
+def test_compare_workflow_puts_two_loaded_videos_into_one_prompt(defs):
+    prompt = api("compare_two_clips")
+    loaders = sorted(i for i, n in prompt.items() if n["class_type"] == "PruneVidLoadVideo")
+    assert len(loaders) == 2
+    stage1 = next(n for n in prompt.values() if n["class_type"] == "PruneVidStage1Merge")
+    assert {stage1["inputs"]["video"][0], stage1["inputs"]["video_2"][0]} == set(loaders)
+    files = {prompt[i]["inputs"]["file"] for i in loaders}
+    assert len(files) == 2, "two different clips"
+    assert "two clips" in _values(prompt, "PruneVidStage2Select")["question"]
+    # the same settings as the paper preset otherwise
+    paper = api("paper")
+    for t in ("PruneVidStage1Merge", "PruneVidKVCompress", "PruneVidGenerate"):
+        assert {k: v for k, v in _values(prompt, t).items() if not isinstance(v, list)} == \
+            {k: v for k, v in _values(paper, t).items() if not isinstance(v, list)}
+    # shipped workflows never use the optional extra video inputs otherwise
+    for name in NAMES:
+        if name != "compare_two_clips":
+            assert "video_2" not in _values(api(name), "PruneVidStage1Merge")

@@ -4,7 +4,8 @@
     python workflows/make_workflows.py --check  # exit 1 if a committed file differs from what would be written
 
 One UI-format workflow per preset (the same graph, different widget values), the same graphs in API format
-(for POST /prompt), and core_loadvideo_interop: core Load Video feeding PruneVid Load Video's VIDEO input.
+(for POST /prompt), core_loadvideo_interop: core Load Video feeding PruneVid Load Video's VIDEO input, and
+compare_two_clips: two Load Video nodes feeding one Stage 1 Merge (video, video_2), one question about both.
 
 UI-format rules the frontend follows (and these files therefore follow):
 - widgets_values lists the widget inputs in order: required, then optional; socket-only inputs (custom types,
@@ -29,7 +30,10 @@ SEED_NAMES = ("seed", "noise_seed")
 UPLOAD_FLAGS = ("video_upload", "image_upload", "animated_image_upload")
 
 SAMPLE_VIDEO = "bigbuckbunny.mp4"
+SECOND_VIDEO = "bikes.mp4"
 QUESTION = "What happens in this video? Describe the main events in order."
+COMPARE_QUESTION = ("What changed between the two clips? Describe the first clip, then the second, then how they "
+                    "differ.")
 
 PRESET_ORDER = ("paper", "baseline", "conservative", "aggressive", "stage1_only", "stage2_only",
                 "no_cache_compression")
@@ -55,6 +59,11 @@ PRESET_NOTES = {
     "core_loadvideo_interop": "CORE LOAD VIDEO interop (paper preset): the core Load Video node's VIDEO output "
                               "feeds PruneVid Load Video's optional video input, which then samples its frames "
                               "(the file widget of PruneVid Load Video is ignored).",
+    "compare_two_clips": "COMPARE TWO CLIPS (paper preset): two PruneVid Load Video nodes feed Stage 1 Merge's "
+                         "`video` and its optional `video_2` input, so one prompt holds both clips, in that order, "
+                         "for one question. Each clip keeps its own time positions (Qwen2.5-VL's multi-video "
+                         "layout) and is merged by Stage 1 on its own; Stage 2 keeps the tokens the question "
+                         "attends to most across both. Stage 1 Merge also has video_3 and video_4 for more clips.",
 }
 USAGE_NOTE = ("\n\nHow to run: upload a video with the upload button of PruneVid Load Video (or type a server path), "
               "pick the model (a hub id downloads on first use unless a copy is in models/LLM), type your question "
@@ -269,6 +278,23 @@ def preset_graph(defs, cfg, model_name: str | None = None, with_core_loadvideo: 
         g.connect(11, 0, 2, "video")
     return g
 
+COMPARE_USAGE_NOTE = ("\n\nHow to run: upload one clip in each PruneVid Load Video (Video 1, Video 2), pick the "
+                      "model, adjust the question in Stage 2 Select, press Run. The answer and the stats (with one "
+                      "entry per video under `videos`) appear on the right; the previews show both clips' frames "
+                      "one after the other.")
+
+
+def compare_graph(defs, cfg) -> Graph:
+    """The preset graph with a second Load Video wired into Stage 1 Merge's video_2 input."""
+    g = preset_graph(defs, cfg)
+    first = g.node(2)
+    first["title"] = "Video 1"
+    g.add(11, "PruneVidLoadVideo", (0, 820), tuple(first["size"]), {**first["values"], "file": SECOND_VIDEO},
+          "Video 2")
+    g.connect(11, 0, 3, "video_2")
+    g.node(4)["values"]["question"] = COMPARE_QUESTION
+    return g
+
 
 def build_all(pack=None) -> dict:
     """{relative path: JSON object} of every workflow file."""
@@ -283,6 +309,9 @@ def build_all(pack=None) -> dict:
     g = preset_graph(defs, config.get_preset("paper"), with_core_loadvideo=True)
     files["core_loadvideo_interop.json"] = g.ui(PRESET_NOTES["core_loadvideo_interop"] + USAGE_NOTE, (0, 1280))
     files["api/core_loadvideo_interop.json"] = g.api()
+    g = compare_graph(defs, config.get_preset("paper"))
+    files["compare_two_clips.json"] = g.ui(PRESET_NOTES["compare_two_clips"] + COMPARE_USAGE_NOTE, (0, 1410))
+    files["api/compare_two_clips.json"] = g.api()
     return files
 
 

@@ -1,0 +1,183 @@
+"""Several videos (and images) in one prompt: Qwen2.5-VL's own multi-video layout, Stage 1 per video, Stage 2 over
+all visual tokens with per-block quotas."""
+import dataclasses
+import inspect
+
+import pytest
+import torch
+
+from prunevid import PruneVidQwen25VL, engine, positions as P, stage3
+from prunevid.config import get_baseline_config, get_paper_config
+from prunevid.errors import BudgetError, InputError
+from prunevid.video import load_video, sample_video_path, to_patches
+
+Q = "What changed between the two clips?"
+
+
+@pytest.fixture(scope="module")
+def second_clip():
+    """4 frames of carphone (2 temporal groups of 5 x 6 tokens): another size and length than `clip`."""
+    return load_video(sample_video_path("carphone_pristine.mp4"), max_frames=4, max_pixels=224 * 224)
+
+
+def one_second_per_group(encoded):
+    """The same encoding with 1 s per temporal group: transformers 4.57 truncates fractional spacing to an integer,
+    and its processor (5.x) cannot be told the real rate of frames given as arrays, so compare at 1 s."""
+    return dataclasses.replace(encoded, items=[dataclasses.replace(it, second_per_grid_t=1.0) for it in encoded.items])
+
+
+def layout_from_ids(qm, encoded, ids):
+    """The unpruned positions of a prompt with our rule, from its token ids alone (pads runs = vision blocks)."""
+    pad = torch.isin(ids, torch.tensor([qm.token_id("<|video_pad|>"), qm.token_id("<|image_pad|>")]))
+    pieces, i, k = [], 0, 0
+    while i < ids.numel():
+        j = i
+        while j < ids.numel() and bool(pad[j]) == bool(pad[i]):
+            j += 1
+        if pad[i]:
+            it = encoded.items[k]
+            pieces.append(("vision", it.grid, it.second_per_grid_t, qm.tokens_per_second))
+            k += 1
+        else:
+            pieces.append(("text", j - i))
+        i = j
+    return P.layout(pieces)
+
+
+def block_ranges(qm, ids):
+    """[(first, end)] sequence ranges of each vision block's pad tokens in the unpruned prompt."""
+    pad = torch.isin(ids, torch.tensor([qm.token_id("<|video_pad|>"), qm.token_id("<|image_pad|>")])).long()
+    edges = torch.diff(torch.cat([torch.zeros(1, dtype=torch.long), pad, torch.zeros(1, dtype=torch.long)]))
+    return list(zip((edges == 1).nonzero().squeeze(1).tolist(), (edges == -1).nonzero().squeeze(1).tolist()))
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_model_dir):
+    from transformers import AutoProcessor
+    return AutoProcessor.from_pretrained(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def two_off(qm, clip, second_clip):
+    return one_second_per_group(engine.encode(qm, [clip, second_clip], get_baseline_config()))
+
+
+def processor_inputs(processor, clips, question):
+    """transformers' own multi-video path: the chat template's two video placeholders expanded by the processor."""
+    messages = [{"role": "user", "content": [{"type": "video"}] * len(clips) + [{"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    extra = {"cap_pixels_per_frame": False} if "cap_pixels_per_frame" in str(
+        inspect.signature(type(processor.video_processor).__init__)) else {}
+    return processor(text=[text], videos=[c.frames.numpy() for c in clips], do_resize=False, do_sample_frames=False,
+                     return_tensors="pt", **extra)
+
+
+def test_two_videos_all_stages_off_equal_transformers_forward(qm, clip, second_clip, two_off, processor):
+    ref_in = processor_inputs(processor, [clip, second_clip], Q)
+    ids = engine.reference_input_ids(qm, two_off, Q)
+    assert torch.equal(ids, ref_in["input_ids"][0]), "our prompt is the chat template's, pads expanded alike"
+    ours_pixels = torch.cat([to_patches(c.frames, qm.image_mean, qm.image_std)[0] for c in (clip, second_clip)])
+    assert (ours_pixels - ref_in["pixel_values_videos"]).abs().max() <= 1e-5
+    assert ref_in["video_grid_thw"].tolist() == [[it.grid[0], it.grid[1] * 2, it.grid[2] * 2] for it in two_off.items]
+
+    pf = engine.prefill(two_off, Q, get_baseline_config(), return_hidden=True)
+    ours = qm.model.lm_head(pf.hidden)
+    pos, _ = layout_from_ids(qm, two_off, ids)
+    with torch.no_grad():
+        ref = qm.model(input_ids=ids[None], pixel_values_videos=ref_in["pixel_values_videos"],
+                       video_grid_thw=ref_in["video_grid_thw"], position_ids=pos[:, None, :]).logits[0]
+    assert ours.shape == ref.shape
+    assert (ours - ref).abs().max() <= 1e-4
+    assert (pf.logits - ref[-1]).abs().max() <= 1e-4
+
+
+def test_two_videos_all_stages_off_greedy_tokens_equal_model_generate(qm, clip, second_clip, two_off, processor):
+    ref_in = processor_inputs(processor, [clip, second_clip], Q)
+    ids = ref_in["input_ids"][0]
+    pos, _ = layout_from_ids(qm, two_off, ids)
+    seconds = torch.tensor([1.0, 1.0])
+    extra = {k: ref_in[k] for k in ("mm_token_type_ids",) if k in ref_in}         # transformers 5.x
+    theirs, _ = qm.model.model.get_rope_index(ids[None], **extra, video_grid_thw=ref_in["video_grid_thw"],
+                                             second_per_grid_ts=seconds)
+    # transformers computes its own positions inside generate(): these clips' layout is one where it agrees with the
+    # original rule on every version (each video's temporal extent is below its width)
+    assert torch.equal(theirs[:, 0], pos), "precondition: transformers' layout equals ours for these clips"
+
+    pf = engine.prefill(two_off, Q, get_baseline_config())
+    ours = engine.generate(pf, engine.SamplingParams(max_new_tokens=12))["ids"]
+    with torch.no_grad():
+        ref = qm.model.generate(**{k: v for k, v in ref_in.items() if k != "second_per_grid_ts"},
+                                second_per_grid_ts=seconds, max_new_tokens=12, do_sample=False,
+                                eos_token_id=qm.eos_token_ids, pad_token_id=qm.eos_token_ids[0])
+    assert ours == ref[0, ids.numel():].tolist()[:len(ours)]
+
+
+def test_each_block_keeps_its_unpruned_positions_and_text_follows_its_max(qm, clip, second_clip):
+    cfg = get_paper_config()
+    image = clip.frames[3]
+    enc = engine.encode(qm, [clip, second_clip, image], cfg)
+    assert [it.kind for it in enc.items] == ["video", "video", "image"]
+    seq = engine.assemble(qm, enc, Q, engine.DEFAULT_SYSTEM_PROMPT)
+    ids = engine.reference_input_ids(qm, enc, Q)
+    full, delta = layout_from_ids(qm, enc, ids)
+    blocks = block_ranges(qm, ids)
+    assert len(blocks) == 3
+    offset = 0
+    for (first, end), it in zip(blocks, enc.items):
+        n = it.tokens.num_tokens
+        cols = seq.visual_cols[offset:offset + n]
+        # every merged token sits at its representative's unpruned position
+        assert torch.equal(seq.positions[:, cols], full[:, first + it.tokens.rep_index])
+        # the text right after the block starts at the block's max position + 1, on all three axes
+        after = int(cols[-1]) + 1
+        assert seq.positions[:, after].tolist() == [int(full[:, first:end].max()) + 1] * 3
+        offset += n
+    assert seq.next_position == int(full.max()) + 1 == ids.numel() + delta
+
+    pf = stage3.compress(engine.prefill(enc, Q, cfg))
+    kept_cols = seq.visual_cols[pf.kept_visual]
+    reps = torch.cat([first + it.tokens.rep_index for (first, _), it in zip(blocks, enc.items)])
+    assert torch.equal(seq.positions[:, kept_cols], full[:, reps[pf.kept_visual]])
+    # Stage 2 selects over all blocks of the prompt, int(n * keep_ratio) of each selection block
+    sizes = torch.bincount(seq.blocks)
+    assert pf.kept_visual.numel() == int(sum(int(int(n) * cfg.keep_ratio) for n in sizes))
+    assert {int(seq.blocks[k]) for k in pf.kept_visual} & set(range(int(enc.items[0].tokens.block.max()) + 1))
+    assert (seq.blocks[pf.kept_visual] > int(enc.items[0].tokens.block.max())).any(), "the second video kept some"
+    assert all(n == pf.keep_seq.numel() for n in pf.cache.lengths)
+
+
+def test_stage1_runs_on_each_video_alone(qm, clip, second_clip):
+    cfg = get_paper_config()
+    both = engine.encode(qm, [clip, second_clip], cfg)
+    alone = [engine.encode(qm, c, cfg).items[0] for c in (clip, second_clip)]
+    for it, ref in zip(both.items, alone):
+        assert it.tokens.segments == ref.tokens.segments
+        assert torch.equal(it.tokens.rep_index, ref.tokens.rep_index)
+        assert torch.equal(it.tokens.embeds, ref.tokens.embeds)
+    assert both.merged_tokens == sum(it.tokens.num_tokens for it in alone)
+
+
+def test_pipeline_answers_two_videos_and_an_image(tiny_model_dir, sample_video):
+    pv = PruneVidQwen25VL(model_path=str(tiny_model_dir), config=get_paper_config(max_frames=4), device="cpu",
+                          dtype="fp32")
+    other = sample_video_path("bikes.mp4")
+    out = pv.generate(videos=[str(sample_video), other], question=Q, max_new_tokens=4, return_stats=True)
+    s = out["stats"]
+    assert isinstance(out["answer"], str)
+    assert [v["source"] for v in s["videos"]] == [str(sample_video), str(other)]
+    assert s["video"]["source"] == str(sample_video)
+    enc = pv.encode(videos=[str(sample_video), other])
+    assert s["stage1"]["original_tokens"] == enc.original_tokens
+    frame = load_video(other, max_frames=2).frames[0]
+    mixed = pv.encode(video_path=str(sample_video), videos=[other], images=[frame.numpy()])
+    assert [it.kind for it in mixed.items] == ["video", "video", "image"]
+    assert pv.answer(mixed, Q, max_new_tokens=2)["stats"]["stage2"]["enabled"]
+    with pytest.raises(InputError, match="give a video_path, videos"):
+        pv.generate(videos=[], question=Q)
+
+
+def test_the_token_budget_counts_every_block(qm, clip, second_clip):
+    total = engine.visual_token_count([clip, second_clip])
+    assert total == engine.visual_token_count(clip) + engine.visual_token_count(second_clip)
+    with pytest.raises(BudgetError, match=r"2 video\(s\) make \d+ visual tokens, over max_video_tokens=100"):
+        engine.encode(qm, [clip, second_clip], get_paper_config(max_video_tokens=100))
