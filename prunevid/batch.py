@@ -26,7 +26,7 @@ import torch
 from . import positions as P
 from . import qwen, stage2, stats
 from .config import PruneVidConfig
-from .engine import DEFAULT_SYSTEM_PROMPT, Encoded, Progress, SamplingParams, assemble, next_token
+from .engine import DEFAULT_SYSTEM_PROMPT, Progress, SamplingParams, assemble, next_token
 from .errors import ConfigError, InputError
 from .kv_cache import KVCache
 from .qwen import QwenModel

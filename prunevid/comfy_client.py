@@ -374,20 +374,21 @@ def _point_loader(prompt: dict, nid: str, name: str) -> None:
     src["inputs"][widget] = name
 
 
-def patch_model(prompt: dict, model: str) -> None:
-    ids = nodes_of(prompt, MODEL_LOADER)
+def patch_every(prompt: dict, node_type: str, name: str, value, flag: str) -> None:
+    """Set input `name` of every `node_type` node (--model, --question); a workflow without one is an error."""
+    ids = nodes_of(prompt, node_type)
     if not ids:
-        raise ComfyError(f"--model: the workflow has no {MODEL_LOADER} node")
+        raise ComfyError(f"{flag}: the workflow has no {node_type} node")
     for nid in ids:
-        prompt[nid]["inputs"]["model"] = model
+        prompt[nid]["inputs"][name] = value
+
+
+def patch_model(prompt: dict, model: str) -> None:
+    patch_every(prompt, MODEL_LOADER, "model", model, "--model")
 
 
 def patch_question(prompt: dict, question: str) -> None:
-    ids = nodes_of(prompt, STAGE2)
-    if not ids:
-        raise ComfyError(f"--question: the workflow has no {STAGE2} node")
-    for nid in ids:
-        prompt[nid]["inputs"]["question"] = question
+    patch_every(prompt, STAGE2, "question", question, "--question")
 
 
 # --------------------------------------------------------------------------------------------------- results
