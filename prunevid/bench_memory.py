@@ -1,7 +1,7 @@
 """Memory benchmark: weight bytes and peak prefill memory with quantization none / 8bit / 4bit on the bench model,
 and the analytic weight bytes of the released Qwen2.5-VL models.
 
-    python -m prunevid.bench_memory                     # about 10 min on 2 CPU cores
+    python -m prunevid.bench_memory                     # 38 min on a shared 2-core VM (README table)
     python -m prunevid.bench_memory --readme README.md  # also put the tables between the memory markers
 
 Every configuration runs in a fresh worker process (the weights of one mode must not count in the next), on the
