@@ -84,7 +84,8 @@ def worker(args) -> int:
            "rss_before_load": before, "load_peak_rss": load.peak, "load_s": load_s, "presets": {}}
     for name, cfg in configs.items():
         rec = bench.run_once(qm, video, args.frames, cfg, 2, False, memory=True)
-        out["presets"][name] = {"idle_rss": rec["memory"]["idle_rss_bytes"], "peak_rss": rec["memory"]["peak_rss_bytes"],
+        mem = rec["memory"]
+        out["presets"][name] = {"idle_rss": mem["idle_rss_bytes"], "peak_rss": mem["peak_rss_bytes"],
                                 "prefill_s": rec["time"]["prefill_s"], "ttft_s": rec["time"]["ttft_s"],
                                 "kv_bytes": rec["kv"]["kv_bytes"],
                                 "tokens": rec["tokens"], "method": rec["memory"]["method"]}
@@ -135,7 +136,8 @@ def render_markdown(res: dict) -> str:
                  f"{_mib(idle - base)} ({_mib(r['load_peak_rss'] - base)})"]
         for p in PRESETS:
             x = r["presets"][p]
-            cells += [f"{_mib(x['peak_rss'] - base)} ({_mib(x['peak_rss'] - x['idle_rss'])})", f"{x['kv_bytes'] / 2**20:.1f}"]
+            cells += [f"{_mib(x['peak_rss'] - base)} ({_mib(x['peak_rss'] - x['idle_rss'])})",
+                      f"{x['kv_bytes'] / 2**20:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Analytic weight bytes of the released models (GiB; vision tower, embeddings and lm_head in bf16 "
               "in every mode):", "", "| model | bf16 | 8bit | 4bit (NF4) |", "|---|---|---|---|"]
