@@ -1,7 +1,8 @@
 """Model loading, caching and unloading.
 
 ComfyUI's memory management does not see raw transformers models, so the pack keeps its own cache: one loaded
-model per (folder, dtype, device, attention), never loaded twice. Unloading frees the weights in place (so the
+model per (folder, dtype, device, attention, quantization, device_map), never loaded twice; before a load ComfyUI is
+asked to unload its own models to make room. Unloading frees the weights in place (so the
 copies ComfyUI keeps in its output cache stop holding memory) and bumps a generation counter that the loader's
 IS_CHANGED reports, so the next prompt loads the model again instead of reusing the freed one.
 """

@@ -1,7 +1,7 @@
 """Memory benchmark: weight bytes and peak prefill memory with quantization none / 8bit / 4bit on the bench model,
 and the analytic weight bytes of the released Qwen2.5-VL models.
 
-    python -m prunevid.bench_memory                     # about 10 min on 2 CPU cores
+    python -m prunevid.bench_memory                     # 38 min on a shared 2-core VM (README table)
     python -m prunevid.bench_memory --readme README.md  # also put the tables between the memory markers
 
 Every configuration runs in a fresh worker process (the weights of one mode must not count in the next), on the
@@ -84,7 +84,8 @@ def worker(args) -> int:
            "rss_before_load": before, "load_peak_rss": load.peak, "load_s": load_s, "presets": {}}
     for name, cfg in configs.items():
         rec = bench.run_once(qm, video, args.frames, cfg, 2, False, memory=True)
-        out["presets"][name] = {"idle_rss": rec["memory"]["idle_rss_bytes"], "peak_rss": rec["memory"]["peak_rss_bytes"],
+        mem = rec["memory"]
+        out["presets"][name] = {"idle_rss": mem["idle_rss_bytes"], "peak_rss": mem["peak_rss_bytes"],
                                 "prefill_s": rec["time"]["prefill_s"], "ttft_s": rec["time"]["ttft_s"],
                                 "kv_bytes": rec["kv"]["kv_bytes"],
                                 "tokens": rec["tokens"], "method": rec["memory"]["method"]}
@@ -135,7 +136,8 @@ def render_markdown(res: dict) -> str:
                  f"{_mib(idle - base)} ({_mib(r['load_peak_rss'] - base)})"]
         for p in PRESETS:
             x = r["presets"][p]
-            cells += [f"{_mib(x['peak_rss'] - base)} ({_mib(x['peak_rss'] - x['idle_rss'])})", f"{x['kv_bytes'] / 2**20:.1f}"]
+            cells += [f"{_mib(x['peak_rss'] - base)} ({_mib(x['peak_rss'] - x['idle_rss'])})",
+                      f"{x['kv_bytes'] / 2**20:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Analytic weight bytes of the released models (GiB; vision tower, embeddings and lm_head in bf16 "
               "in every mode):", "", "| model | bf16 | 8bit | 4bit (NF4) |", "|---|---|---|---|"]

@@ -54,10 +54,12 @@ def check(device: str, device_map, max_memory, offload_folder) -> None:
         if "disk" in device_map.values() and offload_folder is None:
             raise ConfigError("device_map puts modules on 'disk': give offload_folder, a folder with room for them")
     else:
-        raise ConfigError(f"device_map must be one of {', '.join(DEVICE_MAPS)} or a dict, got {type(device_map).__name__}")
+        raise ConfigError(f"device_map must be one of {', '.join(DEVICE_MAPS)} or a dict, "
+                          f"got {type(device_map).__name__}")
     if max_memory is not None and not (isinstance(max_memory, dict) and max_memory and all(
             _is_device(k) and isinstance(v, (int, str)) for k, v in max_memory.items())):
-        raise ConfigError(f"max_memory must map devices to sizes, like {{0: '20GiB', 'cpu': '64GiB'}}, got {max_memory!r}")
+        raise ConfigError(f"max_memory must map devices to sizes, like {{0: '20GiB', 'cpu': '64GiB'}}, "
+                          f"got {max_memory!r}")
 
 
 def parse_max_memory(text: str) -> dict:
@@ -66,7 +68,8 @@ def parse_max_memory(text: str) -> dict:
     for item in text.split(","):
         device, sep, size = (part.strip() for part in item.partition("="))
         if not sep or not device or not size:
-            raise ConfigError(f"max_memory {text!r}: write DEVICE=SIZE pairs separated by commas, like 0=20GiB,cpu=64GiB")
+            raise ConfigError(f"max_memory {text!r}: write DEVICE=SIZE pairs separated by commas, "
+                              "like 0=20GiB,cpu=64GiB")
         out[int(device) if device.isdigit() else device] = size
     return out
 
