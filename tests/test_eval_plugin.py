@@ -311,3 +311,10 @@ def test_plot_labels_leave_out_what_every_run_shares():
     assert short == {"paper max_frames=4": "paper", "baseline max_frames=4": "baseline",
                      "paper keep_ratio=0.3 max_frames=4": "paper keep_ratio=0.3"}
     assert report.short_labels(rows[:1]) == ({"paper max_frames=4": "paper max_frames=4"}, "")
+
+
+def test_quantization_and_device_map_are_model_args():
+    s = eval_args.parse({"quantization": "4bit", "device_map": "auto"})
+    assert (s.quantization, s.device_map) == ("4bit", "auto")
+    s = eval_args.parse({})
+    assert (s.quantization, s.device_map) == ("none", "")

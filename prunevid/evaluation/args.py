@@ -26,7 +26,7 @@ CONFIG_FIELDS = [f.name for f in dataclasses.fields(PruneVidConfig) if f.name no
 # short names, and the names lmms-eval's own qwen2_5_vl model uses, so its --model_args carry over
 ALIASES = {"sampling": "video_sampling", "max_num_frames": "max_frames", "attn_implementation": "attention"}
 OWN_ARGS = {"pretrained": str, "preset": str, "min_pixels": int, "video_reader": str, "dtype": str, "device": str,
-            "attention": str, "system_prompt": str, "seed": int}
+            "attention": str, "system_prompt": str, "seed": int, "quantization": str, "device_map": str}
 # what lmms-eval passes to every model itself (from --batch_size, --max_batch_size, --device)
 LMMS_ARGS = ("batch_size", "max_batch_size")
 
@@ -42,6 +42,8 @@ class EvalSettings:
     dtype: str
     device: str
     attention: str
+    quantization: str          # none | 8bit | 4bit (README "Memory")
+    device_map: str            # "" (one device) | auto | balanced | balanced_low_0 | sequential
     system_prompt: str
     seed: int
     batch_size: int
@@ -84,7 +86,7 @@ def parse(kwargs: dict) -> EvalSettings:
     """The keyword arguments lmms-eval passes to the model (model_args + batch_size, ...) -> EvalSettings."""
     own = {"pretrained": DEFAULT_PRETRAINED, "preset": "paper", "min_pixels": MIN_PIXELS,
            "video_reader": "qwen_vl_utils", "dtype": "auto", "device": "auto", "attention": "sdpa",
-           "system_prompt": DEFAULT_SYSTEM_PROMPT, "seed": 0}
+           "system_prompt": DEFAULT_SYSTEM_PROMPT, "seed": 0, "quantization": "none", "device_map": ""}
     types = {f.name: f.type for f in dataclasses.fields(PruneVidConfig)}
     overrides, batch_size = {}, 1
     for name, value in kwargs.items():
@@ -123,7 +125,8 @@ def parse(kwargs: dict) -> EvalSettings:
             prompt = f.read().strip()
     return EvalSettings(pretrained=own["pretrained"], preset=own["preset"], config=config, overrides=overrides,
                         min_pixels=own["min_pixels"], video_reader=own["video_reader"], dtype=own["dtype"],
-                        device=own["device"], attention=own["attention"], system_prompt=prompt, seed=own["seed"],
+                        device=own["device"], attention=own["attention"], quantization=own["quantization"],
+                        device_map=own["device_map"], system_prompt=prompt, seed=own["seed"],
                         batch_size=batch_size)
 
 

@@ -76,7 +76,8 @@ class PruneVidQwen25VLEval(lmms):
             self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
         try:
             self.pv = PruneVidQwen25VL(resolve_model(s.pretrained), config=s.config, device=device, dtype=s.dtype,
-                                       attention=s.attention)
+                                       attention=s.attention, quantization=s.quantization,
+                                       device_map=s.device_map or None)
         except PruneVidError as e:
             _fail(e)
         self._device = self.pv.model.device
