@@ -185,6 +185,33 @@ def test_baseline_equals_lmms_eval_qwen2_5_vl_sample_by_sample(lmms):
     assert ours.results["results"]["prunevid_local"][ACC] == ref.results["results"]["prunevid_local"][ACC]
 
 
+@pytest.mark.parametrize("video", ["sample:bikes.mp4", "generated:blue_ball_down"])
+def test_the_default_reader_gives_the_pixels_and_times_qwen2_5_vl_gives(video, eval_env):
+    """What lmms-eval's qwen2_5_vl (chat) hands transformers for a video, built the way it builds it: the plugin's
+    frames make the same pixel_values, grid and second_per_grid_ts (so identical answers are no coincidence)."""
+    from qwen_vl_utils import process_vision_info
+    from transformers import AutoProcessor
+
+    from prunevid.testing import tiny_model_path
+    from prunevid.video import to_patches
+    processor = AutoProcessor.from_pretrained(str(tiny_model_path()), max_pixels=12544, min_pixels=3136)
+    path = str(clips.resolve(video))
+    messages = [{"role": "user", "content": [{"type": "video", "video": path, "max_pixels": 12544, "min_pixels": 3136,
+                                              "nframes": 4}, {"type": "text", "text": "What happens?"}]}]
+    text = processor.apply_chat_template([messages], tokenize=False, add_generation_prompt=True)
+    _, videos, _ = process_vision_info([messages], return_video_kwargs=True, return_video_metadata=True)
+    videos, metas = zip(*videos)
+    ref = processor(text=text, videos=list(videos), video_metadata=list(metas), return_tensors="pt")
+
+    settings = eval_args.parse({"max_frames": 4, "max_pixels": 12544, "min_pixels": 3136})
+    clip = read_video(path, settings)
+    vp = processor.video_processor
+    pixels, thw = to_patches(clip.frames, vp.image_mean, vp.image_std)
+    assert thw == tuple(ref["video_grid_thw"][0].tolist())
+    assert (pixels - ref["pixel_values_videos"]).abs().max() <= 1e-5
+    assert ref["second_per_grid_ts"][0] == pytest.approx(2 / clip.fps)
+
+
 # ---------------------------------------------------------------- data parallel
 
 def test_two_processes_answer_the_union_of_the_one_process_run(lmms):
