@@ -144,14 +144,15 @@ def format_weights(w: dict) -> str:
 def format_stats(stats: dict) -> str:
     """A short human-readable summary of the stats dictionary."""
     s1, s2, s3, t = stats["stage1"], stats["stage2"], stats["stage3"], stats["timings"]
-    lines = [
-        format_weights(stats["weights"]),
+    # stats from a server running an older pack have no weights (nor kept_fraction, below)
+    lines = [format_weights(stats["weights"])] if "weights" in stats else []
+    lines += [
         f"Stage 1: {s1['original_tokens']} -> {s1['compressed_tokens']} video tokens "
         f"({s1['reduction_percentage']:.1f}% fewer, {s1['segments']} segment{'' if s1['segments'] == 1 else 's'}, static {100 * s1['static_ratio']:.1f}%)"
         if s1["enabled"] else f"Stage 1: off ({s1['original_tokens']} video tokens)",
         f"Stage 2: {s2['original_tokens']} -> {s2['compressed_tokens']} video tokens after layer {s2['pruning_layer']}"
         + (f" (kept {100 * s2['kept_fraction']:.1f}% at keep_ratio {s2['keep_ratio']:g})" if "kept_fraction" in s2
-           else "")          # stats from a server running an older pack have no kept_fraction
+           else "")
         if s2["enabled"] else "Stage 2: off",
         f"Stage 3: KV cache {s3['kv_bytes_before'] / 2**20:.2f} MiB -> {s3['kv_bytes_after'] / 2**20:.2f} MiB"
         if s3["enabled"] else f"Stage 3: off (KV cache {s3['kv_bytes_after'] / 2**20:.2f} MiB)",
