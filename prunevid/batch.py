@@ -72,6 +72,11 @@ def row_cache_bytes(cache: KVCache, lengths: torch.Tensor, b: int) -> int:
     return total
 
 
+def _take(r: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Per-row columns of a rotary table: r [..., B, L, head_dim], idx [B, K] -> [..., B, K, head_dim]."""
+    return r.gather(-2, idx[..., None].expand(*r.shape[:-3], *idx.shape, r.shape[-1]).to(r.device))
+
+
 def _pad_rows(rows: list, fill=0) -> torch.Tensor:
     """[n_b, ...] tensors -> [B, max n_b, ...], right-padded with `fill`."""
     out = rows[0].new_full((len(rows), max(r.shape[0] for r in rows), *rows[0].shape[1:]), fill)
@@ -116,9 +121,9 @@ def prefill_batch(encoded: list, questions: list, config: PruneVidConfig, system
             ts = time.perf_counter()
             for b, seq in enumerate(seqs):                 # Stage 2 on each row's own real tokens
                 L = int(n[b])
-                score_rope = (P.mrope_cos_sin(pos[:, b, :L], qm.language_model.rotary_emb.inv_freq, qm.mrope_section,
-                                              h.dtype) if config.score_with_rope else None)
-                scores[b] = stage2.question_attention(layer, h[b, :L], seq.query_start, seq.visual_cols.to(dev),
+                score_rope = (P.mrope_cos_sin(pos[:, b, :L].to(h.device), qm.language_model.rotary_emb.inv_freq,
+                                              qm.mrope_section, h.dtype) if config.score_with_rope else None)
+                scores[b] = stage2.question_attention(layer, h[b, :L], seq.query_start, seq.visual_cols.to(h.device),
                                                       config.attention_aggregation, score_rope).cpu()
                 kept_visual[b] = stage2.select(scores[b], seq.blocks, config.keep_ratio,
                                                config.selection_granularity)
@@ -129,10 +134,9 @@ def prefill_batch(encoded: list, questions: list, config: PruneVidConfig, system
             t_score = time.perf_counter() - ts
         h = qwen.decoder_layer(layer, h, rope, cache)
         if prune and i == M:                              # layers > M see only each row's kept tokens
-            idx = _pad_rows(keep_seq).to(dev)                                # [B, K] (padding repeats index 0)
+            idx = _pad_rows(keep_seq).to(h.device)                           # [B, K] (padding repeats index 0)
             h = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
-            pos = pos.gather(2, idx[None].expand(3, -1, -1))
-            rope = qwen.rotary(qm, h, pos)
+            rope = tuple(_take(r, idx) for r in rope)
             n = torch.tensor([k.numel() for k in keep_seq])
             lengths[i + 1:] = n
         if progress:
@@ -228,7 +232,7 @@ def generate_batch(bp: BatchPrefill, params: list | None = None, progress: Progr
         rope = qwen.rotary(qm, h, pos.view(1, -1, 1).expand(3, -1, -1))
         masks = {}
         for i, layer in enumerate(qm.layers):
-            key = (prompt_len[i], tuple(lengths[i].tolist()))
+            key = (prompt_len[i], tuple(lengths[i].tolist()), h.device)
             if key not in masks:                         # two distinct masks per step at most (layers <= M, > M)
                 masks[key] = _decode_mask(layer, lengths[i], prompt_len[i], step, h.dtype, h.device)
             h = qwen.decoder_layer(layer, h, rope, cache, attention_mask=masks[key])
