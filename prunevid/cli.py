@@ -20,6 +20,7 @@ import os
 import sys
 import time
 
+from . import samples
 from .config import PRESETS, get_preset
 from .errors import InputError, ModelError, PruneVidError
 
@@ -52,10 +53,7 @@ def _check_writable(path: str, flag: str = "--json") -> None:
 
 
 def resolve_video(arg: str) -> str:
-    if arg.startswith("sample:"):
-        from .video import sample_video_path
-        return str(sample_video_path(arg.split(":", 1)[1]))
-    return arg
+    return samples.resolve(arg)
 
 
 def resolve_model(arg: str) -> str:

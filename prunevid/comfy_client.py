@@ -28,6 +28,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from . import samples            # stdlib only, like this module
+from .errors import VideoError
 from .stats import format_stats   # stdlib only, like this module
 from .websocket import WebSocket, WebSocketClosed, reason as _reason
 
@@ -712,7 +714,11 @@ def cmd_submit(a) -> int:
             patch_model(prompt, a.model)
         for s in a.sets:
             apply_set(prompt, s)
-        for v in a.video or []:
+        try:
+            a.video = [samples.resolve(v) for v in a.video or []]   # sample:NAME, as prunevid ask takes
+        except VideoError as e:
+            raise ComfyError(f"--video: {e}") from None
+        for v in a.video:
             if not Path(v).expanduser().is_file():
                 raise ComfyError(f"--video {v!r}: no such file")
         if a.video:

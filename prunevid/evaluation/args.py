@@ -91,7 +91,7 @@ def parse(kwargs: dict) -> EvalSettings:
     overrides, batch_size = {}, 1
     for name, value in kwargs.items():
         if name in LMMS_ARGS:
-            # --batch_size arrives as a string ("1", "auto", "auto:4"); the engine answers one request at a time
+            # --batch_size arrives as a string ("1", "auto", "auto:4"); "auto" answers one request at a time
             if name == "batch_size" and value is not None and not str(value).startswith("auto"):
                 if not str(value).isdigit():
                     raise ConfigError(f"batch_size={value!r}: expected a positive integer or auto")

@@ -1,4 +1,4 @@
-"""The lmms-eval model `prunevid_qwen2_5_vl`: Qwen2.5-VL through the PruneVid engine, one request at a time.
+"""The lmms-eval model `prunevid_qwen2_5_vl`: Qwen2.5-VL through the PruneVid engine, --batch_size requests at a time.
 
 lmms-eval finds it through the `lmms_eval.models` entry point (manifest.py) and builds it from --model_args
 (args.py). It is a chat model: each request carries the task's messages (video paths, PIL images, text).
@@ -122,41 +122,80 @@ class PruneVidQwen25VLEval(lmms):
             out.append((m.role, parts))
         return out
 
-    def _answer(self, req: Instance) -> GenerationResult:
+    def _prepare(self, req: Instance):
+        """A request's turn, its encoded visual input and its decoding settings (max_new_tokens, sampling, until)."""
         ctx, doc_to_messages, gen_kwargs, doc_id, task, split = req.args
         s = self.settings
-        max_new_tokens, sampling, until = eval_args.decoding(gen_kwargs, s.seed)
+        decoding = eval_args.decoding(gen_kwargs, s.seed)
         turn = turn_from_messages(self._messages(req), s.system_prompt)
-        visual = visual_input(turn, s)
-        encoded = engine.encode(self.pv.model, visual, s.config)
-        out = self.pv.answer(encoded, turn.question, max_new_tokens, system_prompt=turn.system_prompt, **sampling)
+        encoded = engine.encode(self.pv.model, visual_input(turn, s), s.config)
+        return turn, encoded, decoding
+
+    def _result(self, req: Instance, out: dict, encoded, until) -> GenerationResult:
+        ctx, doc_to_messages, gen_kwargs, doc_id, task, split = req.args
         # the decoded answer as lmms-eval's qwen2_5_vl returns it (not stripped, no clean-up of spaces)
         text = self.tokenizer.decode(out["ids"], skip_special_tokens=True, clean_up_tokenization_spaces=False)
         text = eval_args.cut(text, until)
         st = out["stats"]
         frames = [it.frames for it in encoded.items]
-        record = records.sample_record(st, s.label(), sum(f.shape[0] for f in frames), tuple(frames[0].shape[1:3]),
-                                        self.rank)
+        record = records.sample_record(st, self.settings.label(), sum(f.shape[0] for f in frames),
+                                       tuple(frames[0].shape[1:3]), self.rank)
         self.cache_hook.add_partial("generate_until", (ctx, gen_kwargs), text)
         return GenerationResult(text=text, token_counts=PruneVidTokenCounts(
             input_tokens=st["tokens"]["sequence_after_stage1"], output_tokens=st["timings"]["new_tokens"],
             prunevid=record))
 
-    def generate_until(self, requests: list) -> list:
-        results, mine = [], []
-        t0 = time.perf_counter()
-        for req in tqdm(requests, disable=self.rank != 0, desc="PruneVid responding"):
-            if req.metadata.get("__padding_only__"):
-                # lmms-eval evens out the ranks with copies of a request whose answers it throws away
-                results.append(GenerationResult(text=""))
-                continue
+    def _answer_group(self, reqs: list) -> list:
+        """Answers of several requests: one at a time for a group of one, else batched through the LLM
+        (prunevid.batch; per request the same answer as alone), requests with the same decoding settings together."""
+        prepared = []
+        for req in reqs:
             try:
-                with torch.inference_mode():
-                    res = self._answer(req)
+                prepared.append(self._prepare(req))
             except PruneVidError as e:
                 raise type(e)(f"{req.task_name} doc {req.doc_id}: {e}") from e
-            results.append(res)
-            mine.append((req.task_name, req.doc_id, res.token_counts.prunevid))
+        outs = [None] * len(reqs)
+        groups: dict = {}
+        for i, (turn, _, (max_new_tokens, sampling, _)) in enumerate(prepared):
+            key = (turn.system_prompt, max_new_tokens, tuple(sorted(sampling.items())))
+            groups.setdefault(key, []).append(i)
+        for (system_prompt, max_new_tokens, sampling), rows in groups.items():
+            if len(rows) == 1:
+                turn, encoded, _ = prepared[rows[0]]
+                try:
+                    outs[rows[0]] = self.pv.answer(encoded, turn.question, max_new_tokens,
+                                                   system_prompt=system_prompt, **dict(sampling))
+                except PruneVidError as e:
+                    raise type(e)(f"{reqs[rows[0]].task_name} doc {reqs[rows[0]].doc_id}: {e}") from e
+                continue
+            answers = self.pv.answer_batch([prepared[i][1] for i in rows], [prepared[i][0].question for i in rows],
+                                           max_new_tokens, system_prompt=system_prompt, **dict(sampling))
+            for i, a in zip(rows, answers):
+                if a["error"]:
+                    raise PruneVidError(f"{reqs[i].task_name} doc {reqs[i].doc_id}: {a['error']}")
+                outs[i] = a
+        return [self._result(req, out, enc, dec[2]) for req, out, (_, enc, dec) in zip(reqs, outs, prepared)]
+
+    def generate_until(self, requests: list) -> list:
+        results, mine = [None] * len(requests), []
+        t0 = time.perf_counter()
+        todo = []
+        for i, req in enumerate(requests):
+            if req.metadata.get("__padding_only__"):
+                # lmms-eval evens out the ranks with copies of a request whose answers it throws away
+                results[i] = GenerationResult(text="")
+            else:
+                todo.append(i)
+        bar = tqdm(total=len(todo), disable=self.rank != 0, desc="PruneVid responding")
+        for start in range(0, len(todo), self.batch_size_per_gpu):
+            chunk = todo[start:start + self.batch_size_per_gpu]
+            with torch.inference_mode():
+                answered = self._answer_group([requests[i] for i in chunk])
+            for i, res in zip(chunk, answered):
+                results[i] = res
+                mine.append((requests[i].task_name, requests[i].doc_id, res.token_counts.prunevid))
+            bar.update(len(chunk))
+        bar.close()
         self._summarise(mine, time.perf_counter() - t0)
         return results
 
