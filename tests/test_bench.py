@@ -158,3 +158,25 @@ def test_bad_throughput_arguments_stop_before_any_work(args, message, capsys):
     with pytest.raises(SystemExit) as e:
         command.main(args)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_readme_option_writes_the_tables_of_docs_performance(tmp_path):
+    """--readme (bare) targets the clone's docs/performance.md, which holds the markers of all three benchmarks; the
+    update replaces only the text between one pair of markers."""
+    doc = report.doc_path("")
+    assert doc.parts[-2:] == ("docs", "performance.md")
+    assert all(report.check_doc(doc, kind) is None for kind in report.MARKERS)
+    page = tmp_path / "page.md"
+    page.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\nafter\n<!-- throughput:start -->\nkept\n"
+                    "<!-- throughput:end -->\n")
+    report.update_doc(page, "new table\n", "bench")
+    assert page.read_text() == ("intro\n<!-- bench:start -->\nnew table\n<!-- bench:end -->\nafter\n"
+                                "<!-- throughput:start -->\nkept\n<!-- throughput:end -->\n")
+
+
+def test_readme_without_the_markers_stops_before_any_work(tmp_path, capsys):
+    page = tmp_path / "README.md"
+    page.write_text("no tables here\n")
+    with pytest.raises(SystemExit) as e:
+        command.main(["--readme", str(page)])
+    assert e.value.code == 2 and "has no <!-- bench:start --> ... <!-- bench:end --> markers" in capsys.readouterr().err
