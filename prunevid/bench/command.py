@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--readme", nargs="?", const="", metavar="FILE",
                     help="also put the tables between their markers in docs/performance.md (or in FILE)")
     ap.add_argument("--default-allocator", action="store_true",
-                    help="time with glibc's default malloc policy (see the module docstring)")
+                    help="time with glibc's default malloc policy (see prunevid/bench/__init__.py)")
     ap.add_argument("--throughput", action="store_true",
                     help="measure answers/s of batched answering instead: --requests requests at every --batch-sizes "
                          f"(default {','.join(map(str, BATCH_SIZES))}), presets baseline,paper, "

@@ -1,5 +1,5 @@
-"""The analytic FLOPs model of a Qwen2.5-VL prefill: vision tower + merger, and the LLM before and after pruning, for the
-bench model and the released 3B / 7B / 32B shapes.
+"""The analytic FLOPs model of a Qwen2.5-VL prefill: vision tower + merger, and the LLM before and after pruning,
+for the bench model and the released 3B / 7B / 32B shapes.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 
-# The bench model: see the module docstring. d + d_kv + 1.5 d_ff = 128 + 32 + 32352 = 32512, the 7B's value.
+# The bench model: see prunevid.bench (__init__.py). d + d_kv + 1.5 d_ff = 128 + 32 + 32352 = 32512, the 7B's value.
 BENCH_MODEL = dict(num_hidden_layers=28, hidden_size=128, intermediate_size=21568, num_attention_heads=4,
                    num_key_value_heads=1, vision_depth=32, vision_hidden_size=256, vision_intermediate_size=480,
                    vision_num_heads=4, seed=0)

@@ -1,5 +1,5 @@
-"""API-format workflows: find a shipped one, read it, patch its widgets (video, question, model, --set NODE.INPUT=VALUE),
-and read the answers and stats out of a finished run's outputs. Standard library only.
+"""API-format workflows: find a shipped one, read it, patch its widgets (video, question, model,
+--set NODE.INPUT=VALUE), and read the answers and stats out of a finished run's outputs. Standard library only.
 """
 from __future__ import annotations
 
