@@ -17,7 +17,7 @@ from .flops import bench_dims
 from .measure import QUESTIONS, VIDEOS, run_once, run_throughput_once, throughput_requests, video_path
 from .model import default_root, describe_model, model_path
 from .process import CACHING_TUNABLES, available_bytes, prefault, set_allocator
-from .report import check_doc, doc_path, machine_info, render_markdown, render_throughput_markdown, write_results
+from .report import checked_doc, doc_path, machine_info, render_markdown, render_throughput_markdown, write_results
 from .summary import VISION_SHARE_RANGE, evaluate_targets, scaling, summarize_case, summarize_throughput
 
 PRESET_ORDER = ["baseline", "paper", "conservative", "aggressive", "stage1_only", "stage2_only"]
@@ -287,9 +287,7 @@ def main(argv=None) -> int:
     if args.worker:
         return worker(args)
     check_args(ap, args)
-    problem = check_doc(doc_path(args.readme), "throughput" if args.throughput else "bench")
-    if problem:
-        ap.error(f"--readme: {problem}")
+    checked_doc(ap, args.readme, "throughput" if args.throughput else "bench")
     command = _command_line(argv)
     if args.name is None:
         args.name = ("throughput" if args.throughput else "full" if args.full else

@@ -28,7 +28,7 @@ from pathlib import Path
 from .measure import VIDEOS, run_once, video_path
 from .model import bench_model_path, default_root, model_path
 from .process import PeakMemory, _rss, set_allocator
-from .report import check_doc, doc_path, machine_info, write_results
+from .report import checked_doc, machine_info, write_results
 
 MODES = [("none", "fp32"), ("none", "bf16"), ("8bit", "bf16"), ("4bit", "bf16")]
 PRESETS = ("baseline", "paper")
@@ -174,10 +174,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
-    doc = doc_path(args.readme)
-    problem = check_doc(doc, "memory")
-    if problem:
-        ap.error(f"--readme: {problem}")
+    doc = checked_doc(ap, args.readme, "memory")
     started = time.perf_counter()
     if args.model == "bench":
         bench_model_path(Path(args.models_dir))     # built here once: building must not count in a worker

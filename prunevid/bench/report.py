@@ -180,6 +180,15 @@ def check_doc(path: Path | None, kind: str) -> str | None:
     return None
 
 
+def checked_doc(ap, readme: str | None, kind: str) -> Path | None:
+    """The --readme file, checked before a run that takes minutes: missing markers are a usage error of `ap`."""
+    doc = doc_path(readme)
+    problem = check_doc(doc, kind)
+    if problem:
+        ap.error(f"--readme: {problem}")
+    return doc
+
+
 def update_doc(path: Path, md: str, kind: str) -> None:
     """Replace the text between the markers of `kind` in `path` with the latest tables."""
     problem = check_doc(path, kind)
