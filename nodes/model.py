@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from ..prunevid import placement, quantize, qwen, stats
+from ..prunevid import hub, placement, quantize, qwen, stats
 from ..prunevid.errors import ModelError
 from . import comfy_bridge as comfy
 from .types import CATEGORY, MODEL
@@ -173,7 +173,7 @@ class PruneVidModelLoader:
             try:
                 qm = qwen.load(key[0], dtype=dtype, device=device, attention=attention, quantization=quantization,
                                device_map=placed, progress=comfy.progress(1))
-            except qwen.HubUnreachable as e:
+            except hub.HubUnreachable as e:
                 raise ModelError(offline_message(e.repo_id, e.endpoint)) from None
             _LOADED[key] = qm
         _KEEP[key] = bool(keep_loaded)

@@ -379,7 +379,7 @@ def main(argv=None) -> int:
     tiny.add_argument("--overwrite", action="store_true")
     tiny.set_defaults(func=cmd_make_tiny_model)
 
-    from .comfy_client import register as register_submit   # stdlib only: no torch import
+    from .client.submit import register as register_submit   # stdlib only: no torch import
     register_submit(sub)
 
     # listed here for --help; its own parser (prunevid.bench) takes every argument after the word

@@ -2,7 +2,7 @@
 
 Names follow the seed README (tau, cluster_ratio, temporal_segment_ratio, dpc_knn_k, keep_ratio, pruning_layer,
 ...). Where the authors' code and a natural reading of the paper differ, the config offers both and defaults to
-the code's behaviour (see the README's "Method choices").
+the code's behaviour (see docs/method.md, "Method choices").
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ class PruneVidConfig:
 
 
 # Presets. The seed's names run against intuition: "conservative" compresses MORE, "aggressive" LESS.
-# They are kept for the seed's users and explained in the README and in each workflow.
+# They are kept for the seed's users and explained in docs/method.md and in each workflow.
 def get_baseline_config(**overrides) -> PruneVidConfig:
     """No pruning: all three stages off (the reference the others are compared with)."""
     return PruneVidConfig(enable_stage1=False, enable_stage2=False, enable_cache_compression=False).replace(**overrides)

@@ -40,7 +40,7 @@ class PruneVidQwen25VL:
                  dtype: str = "auto", attention: str = "sdpa", quantization: str = "none", device_map=None,
                  max_memory: dict | None = None, offload_folder: str | None = None):
         """quantization: "none" | "8bit" | "4bit"; device_map ("auto", "balanced", "sequential" or a dict),
-        max_memory and offload_folder shard or offload the model (see README, "Memory")."""
+        max_memory and offload_folder shard or offload the model (see docs/performance.md, "Memory")."""
         self.config = config or get_paper_config()
         self.model = qwen.load(model_path, dtype=dtype, device=device, attention=attention, quantization=quantization,
                                device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)

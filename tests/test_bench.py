@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from prunevid import bench
+from prunevid.bench import command, flops, model, report, summary
 
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("bench")
-    rc = bench.main(["--model", "tiny", "--videos", "carphone", "--frames", "4", "--reps", "1", "--new-tokens", "3",
+    rc = command.main(["--model", "tiny", "--videos", "carphone", "--frames", "4", "--reps", "1", "--new-tokens", "3",
                      "--presets", "baseline,paper,stage1_only,stage2_only", "--out-dir", str(out), "--name", "smoke"])
     assert rc == 0
     assert (out / "smoke.md").read_text().startswith("### Benchmark `smoke`")
@@ -36,7 +36,7 @@ def test_json_layout(result):
         assert {"prefill_speedup", "ttft_speedup", "ttft_bound", "ttft2_speedup", "e2e_speedup", "kv_ratio",
                 "peak_ratio", "overhead_share", "flops_ratio_bench", "flops_ratio_7b",
                 "ttft_bound_7b"} <= set(p["ratios"])
-    assert {t["target"] for t in result["targets"]} == {k for k, _, _ in bench.TARGETS}
+    assert {t["target"] for t in result["targets"]} == {k for k, _, _ in summary.TARGETS}
     assert 0 < case["vision_share"]["bench_flops"] < 1
 
 
@@ -66,13 +66,13 @@ def test_token_counts_are_consistent(result):
 
 def test_analytic_flops_model():
     # the released vision tower: about 2.5 GMAC per merged token at 448x448 (the issue's figure)
-    v = bench.vision_flops(2, 32, 32, out_hidden=3584, **bench.QWEN25VL_VISION)
+    v = flops.vision_flops(2, 32, 32, out_hidden=3584, **flops.QWEN25VL_VISION)
     assert 2.4e9 < v / 2 / (2 * 16 * 16) < 2.8e9
     # the bench model's LLM is the 7B divided by 28 at every length: same ratio for the same token counts
     seq = {"unpruned": 4000, "after_stage1": 1800, "after_stage2": 750}
-    b = bench.analytic({"layers": 28, "d": 128, "d_kv": 32, "d_ff": 21568, "vision": bench.QWEN25VL_VISION},
+    b = flops.analytic({"layers": 28, "d": 128, "d_kv": 32, "d_ff": 21568, "vision": flops.QWEN25VL_VISION},
                        (16, 24, 42), seq, 10)
-    r = bench.analytic(bench.real_dims()["Qwen2.5-VL-7B"], (16, 24, 42), seq, 10)
+    r = flops.analytic(flops.real_dims()["Qwen2.5-VL-7B"], (16, 24, 42), seq, 10)
     assert b["llm_flops_ratio"] == pytest.approx(r["llm_flops_ratio"], rel=1e-9)
     assert 0.22 < r["vision_share"] < 0.32
 
@@ -95,35 +95,35 @@ def test_cli_entry_point(capsys):
 ])
 def test_bad_arguments_stop_before_any_work(args, message, capsys):
     with pytest.raises(SystemExit) as e:
-        bench.main(args)
+        command.main(args)
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_markdown_says_repetition_in_the_singular(result):
-    assert "Median of 1 repetition (min" in bench.render_markdown(result)
+    assert "Median of 1 repetition (min" in report.render_markdown(result)
 
 
 def test_bench_model_is_built_once_with_its_vision_layout(tmp_path):
-    spec = dict(bench.BENCH_MODEL, num_hidden_layers=2, intermediate_size=64, vision_depth=3)
-    path = bench.bench_model_path(tmp_path, spec, fullatt=[1, 7])
+    spec = dict(model.BENCH_MODEL, num_hidden_layers=2, intermediate_size=64, vision_depth=3)
+    path = model.bench_model_path(tmp_path, spec, fullatt=[1, 7])
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["vision_config"]["fullatt_block_indexes"] == [1] and cfg["vision_config"]["depth"] == 3
     stamp = (path / "model.safetensors").stat().st_mtime_ns
-    assert bench.bench_model_path(tmp_path, spec, fullatt=[1, 7]) == path
+    assert model.bench_model_path(tmp_path, spec, fullatt=[1, 7]) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [path.name]          # no build leftovers
 
 
 def test_blank_list_entries_are_ignored_and_json_is_strict():
-    args = bench.build_parser().parse_args(["--videos", "bikes,", "--frames", "4,", "--presets", "paper, ,baseline"])
-    assert bench.plan(args) == [("bikes", 4, ["paper", "baseline"], True)]
-    assert bench._finite({"a": [1.0, float("nan")], "b": float("inf")}) == {"a": [1.0, None], "b": None}
+    args = command.build_parser().parse_args(["--videos", "bikes,", "--frames", "4,", "--presets", "paper, ,baseline"])
+    assert command.plan(args) == [("bikes", 4, ["paper", "baseline"], True)]
+    assert report._finite({"a": [1.0, float("nan")], "b": float("inf")}) == {"a": [1.0, None], "b": None}
 
 
 @pytest.fixture(scope="module")
 def throughput(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("throughput")
-    rc = bench.main(["--throughput", "--model", "tiny", "--videos", "carphone,bikes", "--frames", "2", "--reps", "1",
+    rc = command.main(["--throughput", "--model", "tiny", "--videos", "carphone,bikes", "--frames", "2", "--reps", "1",
                      "--new-tokens", "2", "--requests", "3", "--batch-sizes", "1,2", "--out-dir", str(out),
                      "--name", "tp"])
     assert rc == 0
@@ -144,7 +144,7 @@ def test_throughput_layout(throughput):
         assert r["memory_runs"] and r["memory_runs"][0]["memory"]["peak_rss_bytes"] > 0
         assert (r["padding_share"] == 0) == (b == 1), "batch 1 has no padding; mixed clips in a batch have some"
         assert r["speedup_vs_batch1"] is not None and (r["speedup_vs_baseline"] is None) == (preset == "baseline")
-    assert "| paper | 2 |" in bench.render_throughput_markdown(throughput)
+    assert "| paper | 2 |" in report.render_throughput_markdown(throughput)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -156,5 +156,27 @@ def test_throughput_layout(throughput):
 ])
 def test_bad_throughput_arguments_stop_before_any_work(args, message, capsys):
     with pytest.raises(SystemExit) as e:
-        bench.main(args)
+        command.main(args)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_readme_option_writes_the_tables_of_docs_performance(tmp_path):
+    """--readme (bare) targets the clone's docs/performance.md, which holds the markers of all three benchmarks; the
+    update replaces only the text between one pair of markers."""
+    doc = report.doc_path("")
+    assert doc.parts[-2:] == ("docs", "performance.md")
+    assert all(report.check_doc(doc, kind) is None for kind in report.MARKERS)
+    page = tmp_path / "page.md"
+    page.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\nafter\n<!-- throughput:start -->\nkept\n"
+                    "<!-- throughput:end -->\n")
+    report.update_doc(page, "new table\n", "bench")
+    assert page.read_text() == ("intro\n<!-- bench:start -->\nnew table\n<!-- bench:end -->\nafter\n"
+                                "<!-- throughput:start -->\nkept\n<!-- throughput:end -->\n")
+
+
+def test_readme_without_the_markers_stops_before_any_work(tmp_path, capsys):
+    page = tmp_path / "README.md"
+    page.write_text("no tables here\n")
+    with pytest.raises(SystemExit) as e:
+        command.main(["--readme", str(page)])
+    assert e.value.code == 2 and "has no <!-- bench:start --> ... <!-- bench:end --> markers" in capsys.readouterr().err

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from prunevid import cli
-from prunevid import comfy_client as cc
+from prunevid.client import api, workflow
+from prunevid.client.errors import ComfyError
 
 PAPER = Path(__file__).resolve().parent.parent / "workflows" / "api" / "paper.json"
 STATS = {"stage1": {"enabled": True, "original_tokens": 240, "compressed_tokens": 84, "reduction_percentage": 65.0,
@@ -333,34 +334,34 @@ def test_ui_format_workflow_points_at_the_api_one(capsys):
 
 
 def test_set_types_follow_the_replaced_value():
-    prompt = cc.load_workflow(PAPER)
-    cc.apply_set(prompt, "PruneVidStage2Select.question=42")
-    cc.apply_set(prompt, "Stage 1: merge.enable=off")
-    cc.apply_set(prompt, "6.max_new_tokens=16")
-    cc.apply_set(prompt, "4.keep_ratio=0.25")
+    prompt = workflow.load_workflow(PAPER)
+    workflow.apply_set(prompt, "PruneVidStage2Select.question=42")
+    workflow.apply_set(prompt, "Stage 1: merge.enable=off")
+    workflow.apply_set(prompt, "6.max_new_tokens=16")
+    workflow.apply_set(prompt, "4.keep_ratio=0.25")
     assert prompt["4"]["inputs"]["question"] == "42"
     assert prompt["3"]["inputs"]["enable"] is False
     assert prompt["6"]["inputs"]["max_new_tokens"] == 16 and prompt["4"]["inputs"]["keep_ratio"] == 0.25
-    with pytest.raises(cc.ComfyError, match="connected to another node"):
-        cc.apply_set(prompt, "6.prefill=1")
-    with pytest.raises(cc.ComfyError, match="expected a whole number"):
-        cc.apply_set(prompt, "6.seed=abc")
+    with pytest.raises(ComfyError, match="connected to another node"):
+        workflow.apply_set(prompt, "6.prefill=1")
+    with pytest.raises(ComfyError, match="expected a whole number"):
+        workflow.apply_set(prompt, "6.seed=abc")
 
 
 def test_video_goes_to_the_node_that_reads_it():
-    interop = cc.load_workflow(PAPER.parent / "core_loadvideo_interop.json")
-    assert cc.patch_video(interop, "clip.mp4") == "2"
+    interop = workflow.load_workflow(PAPER.parent / "core_loadvideo_interop.json")
+    assert workflow.patch_video(interop, "clip.mp4") == "2"
     assert interop["11"]["class_type"] == "LoadVideo" and interop["11"]["inputs"]["file"] == "clip.mp4"
 
 
 def test_each_video_goes_to_its_own_loader_in_the_compare_workflow():
-    compare = cc.load_workflow(PAPER.parent / "compare_two_clips.json")
-    assert cc.patch_videos(compare, ["a.mp4", "b.mp4"]) == ["2", "11"]
+    compare = workflow.load_workflow(PAPER.parent / "compare_two_clips.json")
+    assert workflow.patch_videos(compare, ["a.mp4", "b.mp4"]) == ["2", "11"]
     assert (compare["2"]["inputs"]["file"], compare["11"]["inputs"]["file"]) == ("a.mp4", "b.mp4")
-    assert cc.patch_videos(compare, ["c.mp4"]) == ["2"]          # once: every loader reads it
+    assert workflow.patch_videos(compare, ["c.mp4"]) == ["2"]          # once: every loader reads it
     assert compare["2"]["inputs"]["file"] == compare["11"]["inputs"]["file"] == "c.mp4"
-    with pytest.raises(cc.ComfyError, match=r"--video given 3 times, but the workflow reads 2 video\(s\)"):
-        cc.patch_videos(compare, ["a.mp4", "b.mp4", "c.mp4"])
+    with pytest.raises(ComfyError, match=r"--video given 3 times, but the workflow reads 2 video\(s\)"):
+        workflow.patch_videos(compare, ["a.mp4", "b.mp4", "c.mp4"])
 
 
 def test_prompt_finishing_while_the_websocket_reconnects_is_not_missed(capsys, monkeypatch):
@@ -373,7 +374,7 @@ def test_prompt_finishing_while_the_websocket_reconnects_is_not_missed(capsys, m
     fake.running = True
     fake.finish_on_connect = 2         # its execution_success went to no one: only /history can tell
     # the silence poll cannot fire within the run's timeout: only the check after reconnecting can end the run
-    monkeypatch.setattr(cc, "SILENCE_POLL", 3600.0)
+    monkeypatch.setattr(api, "SILENCE_POLL", 3600.0)
     rc = submit(fake.address, "--timeout", "30")
     out, err = capsys.readouterr()
     assert rc == 0, err
@@ -381,7 +382,7 @@ def test_prompt_finishing_while_the_websocket_reconnects_is_not_missed(capsys, m
 
 
 def test_silent_websocket_still_ends_when_the_prompt_does(capsys, monkeypatch):
-    monkeypatch.setattr(cc, "SILENCE_POLL", 0.5)
+    monkeypatch.setattr(api, "SILENCE_POLL", 0.5)
     fake = FakeComfy(lambda pid: [{"type": "execution_start", "data": {"prompt_id": pid}}, "finish"],
                      outputs=PAPER_OUTPUTS)
     fake.running = True
@@ -396,12 +397,12 @@ def test_silent_websocket_still_ends_when_the_prompt_does(capsys, monkeypatch):
 def test_ctrl_c_while_queueing_cancels_the_prompt(capsys, monkeypatch):
     fake = FakeComfy(lambda pid: [{"type": "execution_start", "data": {"prompt_id": pid}}])
     fake.running = True
-    queue_prompt = cc.ComfyClient.queue_prompt
+    queue_prompt = api.ComfyClient.queue_prompt
 
     def interrupted_reply(self, *a, **kw):         # the POST lands, Ctrl-C arrives before its reply is read
         queue_prompt(self, *a, **kw)
         raise KeyboardInterrupt
-    monkeypatch.setattr(cc.ComfyClient, "queue_prompt", interrupted_reply)
+    monkeypatch.setattr(api.ComfyClient, "queue_prompt", interrupted_reply)
     rc = submit(fake.address)
     err = capsys.readouterr().err
     assert rc == 130 and "Traceback" not in err
@@ -411,14 +412,14 @@ def test_ctrl_c_while_queueing_cancels_the_prompt(capsys, monkeypatch):
 
 def test_ctrl_c_when_the_server_is_gone_says_the_prompt_may_still_be_there(capsys, monkeypatch):
     fake = FakeComfy(lambda pid: [{"type": "execution_start", "data": {"prompt_id": pid}}, "stop"])
-    queue_prompt = cc.ComfyClient.queue_prompt
+    queue_prompt = api.ComfyClient.queue_prompt
 
     def interrupted_reply(self, *a, **kw):
         queue_prompt(self, *a, **kw)
         fake.stop()                                  # the server goes away, then the user presses Ctrl-C
         time.sleep(0.2)
         raise KeyboardInterrupt
-    monkeypatch.setattr(cc.ComfyClient, "queue_prompt", interrupted_reply)
+    monkeypatch.setattr(api.ComfyClient, "queue_prompt", interrupted_reply)
     rc = submit(fake.address)
     err = capsys.readouterr().err
     assert rc == 130 and "Traceback" not in err
@@ -426,21 +427,21 @@ def test_ctrl_c_when_the_server_is_gone_says_the_prompt_may_still_be_there(capsy
 
 
 def test_set_rejects_an_input_the_node_does_not_have(capsys):
-    prompt = cc.load_workflow(PAPER)
-    with pytest.raises(cc.ComfyError, match="has no input 'keep_ration'; its widgets are: .*keep_ratio"):
-        cc.apply_set(prompt, "4.keep_ration=0.2")
+    prompt = workflow.load_workflow(PAPER)
+    with pytest.raises(ComfyError, match="has no input 'keep_ration'; its widgets are: .*keep_ratio"):
+        workflow.apply_set(prompt, "4.keep_ration=0.2")
     assert "keep_ration" not in prompt["4"]["inputs"]
     assert submit("127.0.0.1:1", "--set", "PruneVidGenerate.max_new_token=5") == 1
     assert "has no input 'max_new_token'" in capsys.readouterr().err
 
 
 def test_model_goes_to_the_model_loader(capsys):
-    prompt = cc.load_workflow(PAPER)
-    cc.patch_model(prompt, "Qwen/Qwen2.5-VL-3B-Instruct")
+    prompt = workflow.load_workflow(PAPER)
+    workflow.patch_model(prompt, "Qwen/Qwen2.5-VL-3B-Instruct")
     assert prompt["1"]["inputs"]["model"] == "Qwen/Qwen2.5-VL-3B-Instruct"
     del prompt["1"]
-    with pytest.raises(cc.ComfyError, match="^--model: the workflow has no PruneVidModelLoader node$"):
-        cc.patch_model(prompt, "tiny")
+    with pytest.raises(ComfyError, match="^--model: the workflow has no PruneVidModelLoader node$"):
+        workflow.patch_model(prompt, "tiny")
     assert submit("127.0.0.1:1", "--model", " ") == 1
     assert capsys.readouterr().err.strip() == \
         "prunevid submit: error: --model is empty: give a folder under models/LLM or a hub id"
@@ -468,11 +469,11 @@ def test_json_dash_prints_the_report_on_stdout(capsys):
 
 
 def test_an_interrupted_prompt_found_in_history_is_named():
-    prompt = cc.load_workflow(PAPER)
+    prompt = workflow.load_workflow(PAPER)
     status = {"status_str": "error", "completed": False, "messages": [
         ["execution_start", {"prompt_id": "p"}],
         ["execution_interrupted", {"prompt_id": "p", "node_id": "6", "node_type": "PruneVidGenerate"}]]}
-    assert cc._history_error(prompt, status) == \
+    assert api._history_error(prompt, status) == \
         "the prompt was interrupted on the server at node 6 (PruneVidGenerate 'Generate')"
 
 

@@ -1,4 +1,4 @@
-"""Downloading a hub model (prunevid.qwen.download) from a small fake hub on 127.0.0.1: byte progress, the cache,
+"""Downloading a hub model (prunevid.hub.download) from a small fake hub on 127.0.0.1: byte progress, the cache,
 an interrupt, and the errors. The ComfyUI loader's use of it is in test_nodes.py."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import huggingface_hub
 import pytest
 
 from fake_hub import FakeHub
-from prunevid import qwen
+from prunevid.hub import download
 from prunevid.errors import ModelError
 
 BIG = 24 * 2**20     # over huggingface_hub's 10 MiB read chunk, so a half-sent file shows up on disk
@@ -41,7 +41,7 @@ def test_download_reports_the_bytes_of_a_file_in_progress(repo, tmp_path, monkey
             if small < done < total:          # part of the weights file is on disk: let the server finish
                 hub.release.set()
 
-        path = qwen.download(hub.repo_id, progress, poll_s=0.05)
+        path = download(hub.repo_id, progress, poll_s=0.05)
         held_until_seen = any(small < d < t for d, t in seen)
     assert held_until_seen, f"no report while the weights file was half downloaded: {seen}"
     assert {t for _, t in seen} == {model_bytes(hub)}
@@ -54,10 +54,10 @@ def test_download_reports_the_bytes_of_a_file_in_progress(repo, tmp_path, monkey
 def test_a_cached_model_is_not_fetched_again(repo, tmp_path, monkeypatch):
     with FakeHub(repo) as hub:
         hub.use(monkeypatch, tmp_path / "cache")
-        first = qwen.download(hub.repo_id)
+        first = download(hub.repo_id)
         hub.served.clear()
         seen = []
-        again = qwen.download(hub.repo_id, lambda d, t: seen.append((d, t)))
+        again = download(hub.repo_id, lambda d, t: seen.append((d, t)))
     assert again == first and seen == [(model_bytes(hub), model_bytes(hub))]
     assert not [p for _, p in hub.served if "/resolve/" in p], hub.served
 
@@ -76,7 +76,7 @@ def test_an_interrupt_stops_the_download(repo, tmp_path, monkeypatch):
                 raise Interrupted()
 
         with pytest.raises(Interrupted):
-            qwen.download(hub.repo_id, progress, poll_s=0.05)
+            download(hub.repo_id, progress, poll_s=0.05)
         hub.release.set()          # the server sends the rest; the client must not keep it
         for t in threading.enumerate():
             if t.name.startswith("prunevid download"):
@@ -97,7 +97,7 @@ def test_not_enough_disk_space_is_said_before_downloading(repo, tmp_path, monkey
         hub.use(monkeypatch, tmp_path / "cache")
         monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))
         with pytest.raises(ModelError, match=r"needs 25 MB more in .*cache, which has 1 MB free.*HF_HUB_CACHE"):
-            qwen.download(hub.repo_id)
+            download(hub.repo_id)
     assert not [p for _, p in hub.served if "/resolve/" in p]
 
 
@@ -105,5 +105,5 @@ def test_an_unknown_repo_is_one_line_naming_it(repo, tmp_path, monkeypatch):
     with FakeHub(repo) as hub:
         hub.use(monkeypatch, tmp_path / "cache")
         with pytest.raises(ModelError, match="cannot list the files of 'fake-org/nothing-here'") as e:
-            qwen.download("fake-org/nothing-here")
+            download("fake-org/nothing-here")
     assert "\n" not in str(e.value)

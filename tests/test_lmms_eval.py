@@ -234,7 +234,7 @@ def test_two_processes_answer_the_union_of_the_one_process_run(lmms):
 
 def test_accelerate_cpu_flag_runs_and_gives_the_one_process_answers(lmms):
     """`accelerate launch --cpu --num_processes 2` runs (accelerate 1.x starts ONE process for --cpu without MPI;
-    the README says so and gives --multi_gpu for several CPU processes)."""
+    docs/evaluation.md says so and gives --multi_gpu for several CPU processes)."""
     one = paper_run(lmms)
     cpu = lmms("paper-cpu", "prunevid_qwen2_5_vl", f"pretrained=tiny,preset=paper,dtype=fp32,{SMALL}",
                "prunevid_local", launcher=accelerate("--cpu", "--num_processes", "2"))

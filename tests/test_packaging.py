@@ -32,6 +32,13 @@ def test_pyproject_has_the_repository_url_the_registry_requires():
     assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url), url
 
 
+def test_every_sub_package_goes_into_the_wheel():
+    """setuptools takes only the packages pyproject lists: a new sub-package of prunevid/ must be listed too."""
+    listed = set(pyproject()["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(PACK_DIR).parts) for init in (PACK_DIR / "prunevid").rglob("__init__.py")}
+    assert found <= listed, f"not in pyproject's packages: {sorted(found - listed)}"
+
+
 def test_comfyui_requirements_share_videohelpersuites_cv2():
     """opencv-python and opencv-python-headless both install cv2: ComfyUI gets the one video packs already use,
     a library install the one that needs no OpenGL."""

@@ -245,17 +245,17 @@ def test_hub_id_loads_from_the_hf_cache_when_the_hub_is_unreachable(tiny_model_d
 
 def test_hub_probe_goes_through_the_proxy_the_hub_client_would_use(monkeypatch):
     import socket
-    from prunevid import qwen
+    from prunevid import hub, qwen
     from prunevid.errors import ModelError
     with socket.socket() as proxy:                 # a listening "proxy"; the hub host itself does not resolve
         proxy.bind(("127.0.0.1", 0))
         proxy.listen()
         for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
             monkeypatch.delenv(var, raising=False)
-        assert not qwen._reachable("https://hub.invalid")
+        assert not hub._reachable("https://hub.invalid")
         monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
-        assert qwen._reachable("https://hub.invalid")
+        assert hub._reachable("https://hub.invalid")
         monkeypatch.setenv("NO_PROXY", "hub.invalid")
-        assert not qwen._reachable("https://hub.invalid")
+        assert not hub._reachable("https://hub.invalid")
     with pytest.raises(ModelError, match="neither a local folder nor a valid hub id"):
         qwen.load("someone/bad..name")

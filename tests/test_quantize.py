@@ -110,7 +110,7 @@ def test_weight_bytes_shrink_2x_and_3_5x_and_match_the_analytic_count(wide_model
 
 def test_released_models_weigh_what_their_parameter_counts_say():
     """The analytic table's configs reproduce the published parameter counts (3.75B, 8.29B, 33.5B, 73.4B)."""
-    from prunevid.bench_memory import RELEASED
+    from prunevid.bench.memory import RELEASED
     published = {"3B": 3.75e9, "7B": 8.29e9, "32B": 33.5e9, "72B": 73.4e9}
     for name, config in RELEASED.items():
         params = quantize.estimate_weight_bytes(config, "none", torch.bfloat16) / 2

@@ -42,7 +42,7 @@ class EvalSettings:
     dtype: str
     device: str
     attention: str
-    quantization: str          # none | 8bit | 4bit (README "Memory")
+    quantization: str          # none | 8bit | 4bit (docs/performance.md, "Memory")
     device_map: str            # "" (one device) | auto | balanced | balanced_low_0 | sequential
     system_prompt: str
     seed: int

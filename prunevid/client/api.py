@@ -28,45 +28,13 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from . import samples            # stdlib only, like this module
-from .errors import VideoError
-from .stats import format_stats   # stdlib only, like this module
+from .errors import ComfyError, ConnectionLost, Interrupted, RunTimeout, ServerUnreachable
 from .websocket import WebSocket, WebSocketClosed, reason as _reason
+from .workflow import node_label
 
-GENERATE = "PruneVidGenerate"
-MODEL_LOADER = "PruneVidModelLoader"
-LOAD_VIDEO = "PruneVidLoadVideo"
-STAGE2 = "PruneVidStage2Select"
-PREVIEW_ANY = "PreviewAny"
 BINARY_TEXT = 3                       # ComfyUI's BinaryEventTypes.TEXT
-# the shipped API workflows: workflows/api in a checkout (and an editable install), prunevid/workflows in a wheel
-API_DIR = next((d for d in (Path(__file__).resolve().parent / "workflows",
-                            Path(__file__).resolve().parent.parent / "workflows" / "api") if d.is_dir()),
-               Path(__file__).resolve().parent / "workflows")
 HTTP_TIMEOUT = 30.0
 SILENCE_POLL = 10.0                   # seconds without a websocket event before /history is checked
-
-
-class ComfyError(Exception):
-    """A failure with a message the user can act on (no stack trace is shown for it)."""
-
-
-class ServerUnreachable(ComfyError):
-    def __init__(self, message: str, reason: str = ""):
-        super().__init__(message)
-        self.reason = reason
-
-
-class ConnectionLost(ComfyError):
-    pass
-
-
-class RunTimeout(ComfyError):
-    pass
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a run; the message says what happened to the prompt on the server."""
 
 
 # --------------------------------------------------------------------------------------------------- addresses
@@ -214,15 +182,6 @@ class ComfyClient:
             raise self._unreachable(e) from None
 
 
-# --------------------------------------------------------------------------------------------------- workflows
-
-def _node_label(prompt: dict, node_id, class_type: str | None = None) -> str:
-    node = prompt.get(str(node_id), {}) if isinstance(prompt, dict) else {}
-    ct = class_type or node.get("class_type") or "?"
-    title = (node.get("_meta") or {}).get("title")
-    return f"node {node_id} ({ct}{f' {title!r}' if title and title != ct else ''})"
-
-
 def format_rejection(out: dict, prompt: dict, partial: bool = False) -> str:
     """The text of a /prompt refusal: the top-level error and every node error."""
     err = out.get("error") or {}
@@ -235,205 +194,10 @@ def format_rejection(out: dict, prompt: dict, partial: bool = False) -> str:
         for e in (ne or {}).get("errors", []) or [{}]:
             msg = e.get("message", "invalid")
             details = e.get("details")
-            lines.append(f"  {_node_label(prompt, nid, (ne or {}).get('class_type'))}: {msg}"
+            lines.append(f"  {node_label(prompt, nid, (ne or {}).get('class_type'))}: {msg}"
                          + (f": {details}" if details and details != msg else ""))
     return "\n".join(lines)
 
-
-def resolve_workflow(arg: str) -> Path:
-    """A workflow file; a bare preset name ("paper") means the shipped workflows/api/<name>.json."""
-    p = Path(arg).expanduser()
-    if p.is_file():
-        return p
-    shipped = API_DIR / (arg if arg.endswith(".json") else f"{arg}.json")
-    if "/" not in arg and os.sep not in arg and shipped.is_file():
-        return shipped
-    names = sorted(f.stem for f in API_DIR.glob("*.json")) if API_DIR.is_dir() else []
-    raise ComfyError(f"no workflow file {arg!r}" + (f" (shipped API workflows: {', '.join(names)})" if names else ""))
-
-
-def load_workflow(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ComfyError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
-    except ValueError as e:
-        raise ComfyError(f"{str(path)!r} is not JSON: {e}") from None
-    if isinstance(data, dict) and isinstance(data.get("nodes"), list) and "links" in data:
-        api = path.parent / "api" / path.name
-        where = (f"use {api}" if api.is_file() else
-                 f"the shipped ones are in {API_DIR}/" if API_DIR.is_dir() else "")
-        raise ComfyError(f"{path} is a UI-format workflow (what the ComfyUI canvas saves); submit needs the API "
-                         f"format: {where + '; or ' if where else ''}in ComfyUI use Workflow > Export (API)")
-    if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
-        data = data["prompt"]                              # a saved POST /prompt body
-    if not isinstance(data, dict) or not data or not all(
-            isinstance(n, dict) and "class_type" in n and isinstance(n.get("inputs"), dict) for n in data.values()):
-        raise ComfyError(f"{path} is not an API-format workflow ({{\"<id>\": {{\"class_type\", \"inputs\"}}}})")
-    return data
-
-
-def nodes_of(prompt: dict, class_type: str) -> list:
-    return sorted((nid for nid, n in prompt.items() if n.get("class_type") == class_type),
-                  key=lambda s: (len(s), s))
-
-
-def _is_link(v) -> bool:
-    return isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int)
-
-
-def _coerce(text: str, current):
-    """A --set value typed like the value it replaces (a question "42" stays a string)."""
-    if isinstance(current, bool):
-        low = text.strip().lower()
-        if low in ("true", "1", "yes", "on"):
-            return True
-        if low in ("false", "0", "no", "off"):
-            return False
-        raise ComfyError(f"expected true or false, got {text!r}")
-    if isinstance(current, int):
-        try:
-            return int(text)
-        except ValueError:
-            raise ComfyError(f"expected a whole number, got {text!r}") from None
-    if isinstance(current, float):
-        try:
-            return float(text)
-        except ValueError:
-            raise ComfyError(f"expected a number, got {text!r}") from None
-    if isinstance(current, str):
-        return text
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def apply_set(prompt: dict, assignment: str) -> list:
-    """NODE.INPUT=VALUE, NODE being a node id, a class_type or a title; returns the node ids changed."""
-    key, eq, value = assignment.partition("=")
-    node, dot, name = key.strip().rpartition(".")
-    if not eq or not dot or not node or not name:
-        raise ComfyError(f"--set {assignment!r}: write NODE.INPUT=VALUE (NODE = node id, class_type or title)")
-    titled = [nid for nid, n in prompt.items() if (n.get("_meta") or {}).get("title") == node]
-    ids = [node] if node in prompt else (nodes_of(prompt, node) or titled)
-    if not ids:
-        raise ComfyError(f"--set {assignment!r}: no node with id, class_type or title {node!r} in the workflow")
-    for nid in ids:
-        inputs = prompt[nid]["inputs"]
-        if name not in inputs:                 # a typo would otherwise run the workflow unchanged
-            widgets = sorted(k for k, v in inputs.items() if not _is_link(v))
-            raise ComfyError(f"--set {assignment!r}: {_node_label(prompt, nid)} has no input {name!r}; its "
-                             f"widgets are: {', '.join(widgets) or '(none)'}")
-        if _is_link(inputs[name]):
-            raise ComfyError(f"--set {assignment!r}: {_node_label(prompt, nid)} input {name!r} is connected to "
-                             "another node, not a widget")
-        try:
-            inputs[name] = _coerce(value, inputs.get(name))
-        except ComfyError as e:
-            raise ComfyError(f"--set {assignment!r}: {e}") from None
-    return ids
-
-
-def patch_video(prompt: dict, name: str) -> str:
-    """Point the workflow's video source at an uploaded file; returns the node id that reads it."""
-    loaders = nodes_of(prompt, LOAD_VIDEO)
-    if not loaders:
-        raise ComfyError(f"--video: the workflow has no {LOAD_VIDEO} node to read it")
-    for nid in loaders:
-        _point_loader(prompt, nid, name)
-    return loaders[0]
-
-
-def patch_videos(prompt: dict, names: list) -> list:
-    """One uploaded file for every video loader, or one per loader in node-id order (a workflow that compares
-    clips); returns the loader node ids."""
-    loaders = nodes_of(prompt, LOAD_VIDEO)
-    if len(names) == 1:
-        return [patch_video(prompt, names[0])]
-    if len(names) != len(loaders):
-        raise ComfyError(f"--video given {len(names)} times, but the workflow reads {len(loaders)} video(s) "
-                         f"({', '.join(_node_label(prompt, n) for n in loaders) or f'no {LOAD_VIDEO} node'}); give "
-                         "--video once (for every loader) or once per loader, in node-id order")
-    for nid, name in zip(loaders, names):
-        _point_loader(prompt, nid, name)
-    return loaders
-
-
-def _point_loader(prompt: dict, nid: str, name: str) -> None:
-    inputs = prompt[nid]["inputs"]
-    source = next((inputs[k] for k in ("video", "images") if _is_link(inputs.get(k))), None)
-    if source is None:                              # the loader reads the file itself (path wins: clear it)
-        inputs["file"] = name
-        inputs["path"] = ""
-        return
-    src = prompt.get(source[0])
-    widget = next((k for k in ("file", "video") if src and isinstance(src["inputs"].get(k), str)), None)
-    if widget is None:
-        raise ComfyError(f"--video: {_node_label(prompt, nid)} takes its frames from "
-                         f"{_node_label(prompt, source[0])}, which has no file widget to point at the upload")
-    src["inputs"][widget] = name
-
-
-def patch_every(prompt: dict, node_type: str, name: str, value, flag: str) -> None:
-    """Set input `name` of every `node_type` node (--model, --question); a workflow without one is an error."""
-    ids = nodes_of(prompt, node_type)
-    if not ids:
-        raise ComfyError(f"{flag}: the workflow has no {node_type} node")
-    for nid in ids:
-        prompt[nid]["inputs"][name] = value
-
-
-def patch_model(prompt: dict, model: str) -> None:
-    patch_every(prompt, MODEL_LOADER, "model", model, "--model")
-
-
-def patch_question(prompt: dict, question: str) -> None:
-    patch_every(prompt, STAGE2, "question", question, "--question")
-
-
-# --------------------------------------------------------------------------------------------------- results
-
-def _text(output: dict | None):
-    t = (output or {}).get("text")
-    if isinstance(t, (list, tuple)) and t:
-        return "".join(str(x) for x in t)
-    return t if isinstance(t, str) else None
-
-
-def _preview_of(prompt: dict, outputs: dict, node_id: str, slot: int):
-    for nid in nodes_of(prompt, PREVIEW_ANY):
-        src = prompt[nid]["inputs"].get("source")
-        if _is_link(src) and src[0] == node_id and src[1] == slot and _text(outputs.get(nid)) is not None:
-            return _text(outputs.get(nid))
-    return None
-
-
-def extract_results(prompt: dict, outputs: dict) -> list:
-    """[{node, answer, stats}] for every PruneVidGenerate node (answer from its UI output, stats from the
-    PreviewAny wired to its stats output, or a `stats` UI output)."""
-    results = []
-    for gid in nodes_of(prompt, GENERATE):
-        out = outputs.get(gid) or {}
-        answer = _text(out)
-        if answer is None:
-            answer = _preview_of(prompt, outputs, gid, 0)
-        raw = out.get("stats")
-        raw = "".join(raw) if isinstance(raw, list) and all(isinstance(x, str) for x in raw) else raw
-        if raw is None:
-            raw = _preview_of(prompt, outputs, gid, 1)
-        stats = raw
-        if isinstance(raw, str):
-            try:
-                stats = json.loads(raw)
-            except ValueError:
-                pass
-        results.append({"node": gid, "answer": answer, "stats": stats})
-    return results
-
-
-# --------------------------------------------------------------------------------------------------- running
 
 class Display:
     """Progress on stderr; streamed text live (on stdout when it is a terminal, else on stderr)."""
@@ -477,7 +241,7 @@ class Display:
         if self.streaming != node:
             self._end_stream()
             self._clear()
-            print(f"[{_node_label(self.prompt, node)}] ", end="", file=self.stream)
+            print(f"[{node_label(self.prompt, node)}] ", end="", file=self.stream)
             self.streaming = node
             old = ""
         if text.startswith(old):
@@ -564,15 +328,15 @@ def run(server: str, prompt: dict, *, timeout: float = 3600.0, display: Display 
                 cached = [str(n) for n in data["nodes"]]
                 display.status(f"cached (not re-run): nodes {', '.join(map(str, data['nodes']))}")
             elif kind == "executing" and data.get("node") is not None:
-                display.status(f"executing {_node_label(prompt, data['node'])}")
+                display.status(f"executing {node_label(prompt, data['node'])}")
             elif kind == "progress":
-                display.status(f"  {_node_label(prompt, data.get('node'))}: {data.get('value')}/{data.get('max')}",
+                display.status(f"  {node_label(prompt, data.get('node'))}: {data.get('value')}/{data.get('max')}",
                                transient=True)
             elif kind == "execution_error":
                 raise ComfyError(_failure(prompt, data))
             elif kind == "execution_interrupted":
                 raise ComfyError(f"prompt {prompt_id} was interrupted on the server at "
-                                 f"{_node_label(prompt, data.get('node_id'), data.get('node_type'))}")
+                                 f"{node_label(prompt, data.get('node_id'), data.get('node_type'))}")
             elif kind == "execution_success":
                 break
             elif kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
@@ -660,7 +424,7 @@ def _wait_history(client: ComfyClient, prompt_id: str, wait: float = 30.0) -> di
 def _failure(prompt: dict, data: dict) -> str:
     """The text of an execution_error event: the node, the exception's class name and message."""
     kind = str(data.get("exception_type") or "error").rsplit(".", 1)[-1]
-    return (f"ComfyUI failed at {_node_label(prompt, data.get('node_id'), data.get('node_type'))}: "
+    return (f"ComfyUI failed at {node_label(prompt, data.get('node_id'), data.get('node_type'))}: "
             f"{kind}: {data.get('exception_message', '')}".rstrip())
 
 
@@ -670,105 +434,5 @@ def _history_error(prompt: dict, status: dict) -> str:
             return _failure(prompt, data)
         if kind == "execution_interrupted":
             return (f"the prompt was interrupted on the server at "
-                    f"{_node_label(prompt, data.get('node_id'), data.get('node_type'))}")
+                    f"{node_label(prompt, data.get('node_id'), data.get('node_type'))}")
     return f"ComfyUI reports the prompt failed: {status}"
-
-
-# --------------------------------------------------------------------------------------------------- CLI
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "submit", help="queue a shipped workflow on a running ComfyUI server and print the answer",
-        description="Upload a video to a running ComfyUI, queue an API-format PruneVid workflow "
-                    "(workflows/api/*.json, or a preset name such as 'paper'), stream its progress and text, "
-                    "and print the answer (stdout) and the pruning stats (stderr).")
-    p.add_argument("workflow", metavar="WORKFLOW", help="API-format workflow JSON, or a shipped preset name")
-    p.add_argument("--server", default="127.0.0.1:8188", help="ComfyUI address HOST:PORT (default 127.0.0.1:8188)")
-    p.add_argument("--video", action="append",
-                   help="video file to upload (default: the workflow's own choice); give it once per video loader "
-                        "for a workflow that reads several, e.g. compare_two_clips")
-    p.add_argument("--question", help="the question (default: the workflow's own)")
-    p.add_argument("--model", help="the model the server loads: a folder under its models/LLM or a hub id "
-                                   "(default: the workflow's own)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="NODE.INPUT=VALUE",
-                   help="change a widget; NODE is a node id, class_type or title (repeatable), e.g. "
-                        "--set PruneVidLoadVideo.max_frames=8")
-    p.add_argument("--json", metavar="OUT", help="write the answer, stats, outputs and events as JSON ('-' = stdout)")
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run (default 3600)")
-    p.add_argument("--quiet", action="store_true",
-                   help="print only the answer (and errors): no progress, streamed text or stats")
-    p.set_defaults(func=cmd_submit)
-
-
-def cmd_submit(a) -> int:
-    err = sys.stderr
-    try:
-        prompt = load_workflow(resolve_workflow(a.workflow))
-        if a.question is not None:
-            if not a.question.strip():
-                raise ComfyError("--question is empty: ask something about the video")
-            patch_question(prompt, a.question)
-        if a.model is not None:
-            if not a.model.strip():
-                raise ComfyError("--model is empty: give a folder under models/LLM or a hub id")
-            patch_model(prompt, a.model)
-        for s in a.sets:
-            apply_set(prompt, s)
-        try:
-            a.video = [samples.resolve(v) for v in a.video or []]   # sample:NAME, as prunevid ask takes
-        except VideoError as e:
-            raise ComfyError(f"--video: {e}") from None
-        for v in a.video:
-            if not Path(v).expanduser().is_file():
-                raise ComfyError(f"--video {v!r}: no such file")
-        if a.video:
-            patch_videos(json.loads(json.dumps(prompt)), a.video)   # a count that does not fit fails before uploading
-        client = ComfyClient(a.server)
-        display = Display(prompt, quiet=a.quiet)
-        if a.video:
-            names = [client.upload(Path(v).expanduser()) for v in a.video]
-            nodes = patch_videos(prompt, names)
-            for v, name, node in zip(a.video, names, nodes):
-                display.status(f"uploaded {v} as {name!r} (read by {_node_label(prompt, node)})")
-        result = run(client.server, prompt, timeout=a.timeout, display=display, client=client)
-    except Interrupted as e:
-        print(f"prunevid submit: {e}", file=err)
-        return 130
-    except ComfyError as e:
-        print(f"prunevid submit: error: {e}", file=err)
-        return 1
-    except KeyboardInterrupt:                               # before run(): at most an upload happened
-        print("prunevid submit: interrupted before the prompt was queued; nothing runs on the server", file=err)
-        return 130
-    answers = extract_results(prompt, result["outputs"])
-    first = answers[0] if answers else {"answer": None, "stats": None}
-    report = {"server": str(client.server), "prompt_id": result["prompt_id"], "answer": first["answer"],
-              "stats": first["stats"], "answers": answers, "events": result["events"],
-              "streamed": result["streamed"], "cached_nodes": result["cached_nodes"], "outputs": result["outputs"],
-              "elapsed_s": result["elapsed_s"]}
-    if a.json == "-":
-        print(json.dumps(report, indent=2, ensure_ascii=False))
-    else:
-        if not answers:
-            texts = {nid: _text(o) for nid, o in result["outputs"].items() if _text(o) is not None}
-            for nid, t in texts.items():
-                print(f"[{_node_label(prompt, nid)}] {t}")
-            if not texts:
-                print(f"prunevid submit: the workflow ran but has no {GENERATE} node and no text output", file=err)
-        for r in answers:
-            if len(answers) > 1:
-                print(f"[{_node_label(prompt, r['node'])}]")
-            if r["answer"] is None:
-                print(f"(no answer in the outputs of {_node_label(prompt, r['node'])})")
-            elif not (display.stream is display.out and (display.shown.get(r["node"]) or "").strip() == r["answer"].strip()):
-                print(r["answer"])                          # (already on the terminal if it was streamed there)
-            if r["stats"] is not None and not a.quiet:
-                print(format_stats(r["stats"]) if isinstance(r["stats"], dict) else r["stats"], file=err)
-        if a.json:
-            try:
-                with open(a.json, "w", encoding="utf-8") as f:
-                    json.dump(report, f, indent=2, ensure_ascii=False)
-            except OSError as e:
-                print(f"prunevid submit: error: cannot write {a.json!r}: {e.strerror or e}", file=err)
-                return 1
-    return 0

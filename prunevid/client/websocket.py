@@ -1,7 +1,7 @@
 """A minimal RFC 6455 websocket client over the standard library (what `prunevid submit` listens to ComfyUI with).
 
 Text and binary messages, fragmentation, ping/pong and close; no extensions. `server` is anything with scheme,
-host, port, prefix and display attributes (comfy_client.Server).
+host, port, prefix and display attributes (api.Server).
 """
 from __future__ import annotations
 

@@ -1,14 +1,14 @@
 """Memory benchmark: weight bytes and peak prefill memory with quantization none / 8bit / 4bit on the bench model,
 and the analytic weight bytes of the released Qwen2.5-VL models.
 
-    python -m prunevid.bench_memory                     # 38 min on a shared 2-core VM (README table)
-    python -m prunevid.bench_memory --readme README.md  # also put the tables between the memory markers
+    python -m prunevid.bench.memory             # 38 min on a shared 2-core VM (docs/performance.md)
+    python -m prunevid.bench.memory --readme    # also put the tables between the memory markers of that file
 
 Every configuration runs in a fresh worker process (the weights of one mode must not count in the next), on the
-bench model of prunevid.bench (random weights, the 7B's layer balance), fp32 / bf16 on the CPU with SDPA and 2
+bench model (prunevid.bench.model: random weights, the 7B's layer balance), fp32 / bf16 on the CPU with SDPA and 2
 torch threads. It loads the model, runs one warm-up question, then one first question per preset (vision tower,
 Stage 1, prefill, Stage 3, 2 new tokens) with glibc's default allocator policy and a trimmed heap, measuring the
-process's resident-set high-water mark over the run (memory.PeakMemory) as prunevid.bench does. Weight bytes are
+process's resident-set high-water mark over the run (process.PeakMemory) as the speed benchmark does. Weight bytes are
 counted from the loaded tensors (quantize.weight_bytes). A benchmark measures and reports; it asserts nothing.
 
 The released models' weight bytes are analytic (quantize.estimate_weight_bytes on their configs): what the weights
@@ -24,6 +24,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .measure import VIDEOS, run_once, video_path
+from .model import bench_model_path, default_root, model_path
+from .process import PeakMemory, _rss, set_allocator
+from .report import checked_doc, machine_info, write_results
 
 MODES = [("none", "fp32"), ("none", "bf16"), ("8bit", "bf16"), ("4bit", "bf16")]
 PRESETS = ("baseline", "paper")
@@ -51,7 +56,7 @@ def analytic_table() -> list:
     """[(model, {mode: bytes})] for the released models in bf16, 8-bit and 4-bit."""
     import torch
 
-    from .quantize import QUANTIZATIONS, estimate_weight_bytes
+    from ..quantize import QUANTIZATIONS, estimate_weight_bytes
     return [(name, {m: estimate_weight_bytes(cfg, m, torch.bfloat16) for m in QUANTIZATIONS})
             for name, cfg in RELEASED.items()]
 
@@ -60,14 +65,13 @@ def worker(args) -> int:
     """One (quantization, dtype): load, warm up, measure every preset; print one JSON line."""
     import torch
 
-    from . import bench, qwen
-    from .config import get_preset
-    from .memory import PeakMemory, _rss, set_allocator
+    from .. import qwen
+    from ..config import get_preset
 
     torch.set_num_threads(args.threads)
     set_allocator("default")
-    path = bench.bench_model_path(Path(args.models_dir)) if args.model == "bench" else Path(args.model)
-    video = bench._video_path(args.video)
+    path = model_path(args.model, Path(args.models_dir))
+    video = video_path(args.video)
     # imports first: their memory is the runtime's, not the model's
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration  # noqa: F401
     if args.quantization != "none":
@@ -77,13 +81,13 @@ def worker(args) -> int:
         t0 = time.perf_counter()
         qm = qwen.load(str(path), dtype=args.dtype, device="cpu", quantization=args.quantization)
         load_s = time.perf_counter() - t0
-    qm.eos_token_ids = []          # exactly the asked number of tokens, as in prunevid.bench
+    qm.eos_token_ids = []          # exactly the asked number of tokens, as in the speed benchmark
     configs = {name: get_preset(name, max_pixels=args.max_pixels) for name in PRESETS}
-    bench.run_once(qm, video, 4, configs["paper"], 2, False)                     # warm-up, not recorded
+    run_once(qm, video, 4, configs["paper"], 2, False)                     # warm-up, not recorded
     out = {"quantization": args.quantization, "dtype": args.dtype, "weight_bytes": sum(qm.weight_bytes.values()),
            "rss_before_load": before, "load_peak_rss": load.peak, "load_s": load_s, "presets": {}}
     for name, cfg in configs.items():
-        rec = bench.run_once(qm, video, args.frames, cfg, 2, False, memory=True)
+        rec = run_once(qm, video, args.frames, cfg, 2, False, memory=True)
         mem = rec["memory"]
         out["presets"][name] = {"idle_rss": mem["idle_rss_bytes"], "peak_rss": mem["peak_rss_bytes"],
                                 "prefill_s": rec["time"]["prefill_s"], "ttft_s": rec["time"]["ttft_s"],
@@ -96,8 +100,7 @@ def worker(args) -> int:
 def _machine(threads: int) -> str:
     from importlib.metadata import version
 
-    from . import bench
-    m = bench.machine_info(threads)
+    m = machine_info(threads)
     return (f"{m['cpu']}, {m['logical_cpus']} logical CPUs, torch threads {threads}, {m['ram_gib']:.0f} GiB RAM; "
             f"{m['os']}; Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
             f"bitsandbytes {version('bitsandbytes')}")
@@ -146,30 +149,19 @@ def render_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-START, END = "<!-- memory-bench:start -->", "<!-- memory-bench:end -->"
-
-
-def update_readme(path: Path, md: str) -> None:
-    text = path.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{path} has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    path.write_text(head + START + "\n" + md + rest[rest.index(END):])
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench
-    ap = argparse.ArgumentParser(prog="python -m prunevid.bench_memory", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m prunevid.bench.memory", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="bench", help="'bench' (built under benchmarks/models) or a folder")
-    ap.add_argument("--video", default="bikes", help=f"{', '.join(bench.VIDEOS)} or a path (default: %(default)s)")
+    ap.add_argument("--video", default="bikes", help=f"{', '.join(VIDEOS)} or a path (default: %(default)s)")
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--max-pixels", type=int, default=448 * 448)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--modes", default=",".join(f"{q}:{d}" for q, d in MODES),
                     help="comma-separated quantization:dtype pairs (default: %(default)s)")
-    ap.add_argument("--models-dir", default=str(bench.default_root() / "models"))
-    ap.add_argument("--out-dir", default=str(bench.default_root() / "results"))
-    ap.add_argument("--readme", help="also put the tables between the memory-bench markers of this README")
+    ap.add_argument("--models-dir", default=str(default_root() / "models"))
+    ap.add_argument("--out-dir", default=str(default_root() / "results"))
+    ap.add_argument("--readme", nargs="?", const="", metavar="FILE",
+                    help="also put the tables between their markers in docs/performance.md (or in FILE)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--quantization", help=argparse.SUPPRESS)
     ap.add_argument("--dtype", help=argparse.SUPPRESS)
@@ -177,42 +169,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from . import bench
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
+    doc = checked_doc(ap, args.readme, "memory")
     started = time.perf_counter()
     if args.model == "bench":
-        bench.bench_model_path(Path(args.models_dir))     # built here once: building must not count in a worker
+        bench_model_path(Path(args.models_dir))     # built here once: building must not count in a worker
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")) if p))
+        p for p in (str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")) if p))
     env.setdefault("OMP_NUM_THREADS", str(args.threads))
     runs = []
     for pair in args.modes.split(","):
         quantization, dtype = pair.split(":")
         print(f"[bench-memory] {quantization} {dtype} ...", file=sys.stderr, flush=True)
-        cmd = [sys.executable, "-m", "prunevid.bench_memory", *argv, "--worker", "--quantization", quantization,
+        cmd = [sys.executable, "-m", "prunevid.bench.memory", *argv, "--worker", "--quantization", quantization,
                "--dtype", dtype]
         done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"[bench-memory] {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
     methods = {p["method"] for r in runs for p in r["presets"].values()}
     res = {"meta": {"date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-                    "command": " ".join(["python -m prunevid.bench_memory", *argv]),
+                    "command": " ".join(["python -m prunevid.bench.memory", *argv]),
                     "machine": _machine(args.threads),
                     "model": "the bench model (prunevid.bench.BENCH_MODEL)" if args.model == "bench" else args.model,
                     "video": args.video, "frames": args.frames, "max_pixels": args.max_pixels,
                     "memory_method": ", ".join(sorted(methods)), "wall_time_s": time.perf_counter() - started},
            "runs": runs, "analytic": analytic_table()}
-    md = render_markdown(res)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "memory.json").write_text(json.dumps(res, indent=1) + "\n")
-    (out / "memory.md").write_text(md)
-    print(md)
-    if args.readme:
-        update_readme(Path(args.readme), md)
+    write_results(res, render_markdown(res), Path(args.out_dir), "memory", doc, "memory")
     return 0
 
 

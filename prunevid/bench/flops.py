@@ -1,0 +1,71 @@
+"""The analytic FLOPs model of a Qwen2.5-VL prefill: vision tower + merger, and the LLM before and after pruning,
+for the bench model and the released 3B / 7B / 32B shapes.
+"""
+from __future__ import annotations
+
+
+# The released vision tower of Qwen2.5-VL-3B/7B/32B (the merger's output width is the LLM's hidden size).
+QWEN25VL_VISION = dict(hidden=1280, intermediate=3420, depth=32, fullatt=[7, 15, 23, 31], window=112)
+PAPER_FLOPS = (0.20, 0.26)          # PruneVid's reported FLOPs ratios (LLaVA-OneVision .. ST-LLM)
+
+
+def vision_flops(t: int, gh: int, gw: int, hidden: int, intermediate: int, depth: int, fullatt, out_hidden: int,
+                 window: int = 112, patch: int = 14, merge: int = 2, temporal_patch: int = 2,
+                 channels: int = 3) -> float:
+    """FLOPs (multiply-add = 2) of Qwen2.5-VL's vision tower + merger on t temporal groups of gh x gw patches.
+
+    Patch embedding, per block qkv + proj (4 w^2) and the gated MLP (3 w w_ff) on every patch, attention (QK^T and
+    AV, 4 w per key) inside 112-px windows or, in the full-attention blocks, over each temporal group, and the 2x2
+    merger MLP (4w -> 4w -> out).
+    """
+    P = t * gh * gw
+    flops = 2 * P * channels * temporal_patch * patch * patch * hidden
+    flops += depth * 2 * P * (4 * hidden * hidden + 3 * hidden * intermediate)
+    mh, mw, win = gh // merge, gw // merge, max(1, window // merge // patch)
+    window_sq = sum((merge * merge * min(win, mh - r) * min(win, mw - c)) ** 2
+                    for r in range(0, mh, win) for c in range(0, mw, win))
+    nfull = len([i for i in fullatt if 0 <= i < depth])
+    flops += (depth - nfull) * t * 4 * hidden * window_sq
+    flops += nfull * t * 4 * hidden * (gh * gw) ** 2
+    m = merge * merge * hidden
+    flops += 2 * (P // (merge * merge)) * (m * m + m * out_hidden)
+    return float(flops)
+
+
+def llm_flops(layers: int, d: int, d_kv: int, d_ff: int, before: int, after: int, pruning_layer: int) -> float:
+    from .. import stats
+    return stats.prefill_flops(stats.tokens_per_layer(layers, before, after, pruning_layer), d, d_kv, d_ff)
+
+
+def bench_dims(qm) -> dict:
+    """The LLM and vision dimensions of a loaded model, as the FLOPs model needs them."""
+    from .. import stats
+    layers, d, d_kv, d_ff = stats.model_dims(qm)
+    vc = qm.config.vision_config
+    return {"layers": layers, "d": d, "d_kv": d_kv, "d_ff": d_ff,
+            "vision": dict(hidden=vc.hidden_size, intermediate=vc.intermediate_size, depth=vc.depth,
+                           fullatt=list(getattr(vc, "fullatt_block_indexes", []) or []),
+                           window=getattr(vc, "window_size", 112))}
+
+
+def real_dims() -> dict:
+    from .. import stats
+    return {name: {"layers": L, "d": d, "d_kv": dkv, "d_ff": dff, "vision": QWEN25VL_VISION}
+            for name, (L, d, dkv, dff) in stats.QWEN25VL_DIMS.items()}
+
+
+def analytic(dims: dict, patch_grid: tuple, seq: dict, pruning_layer: int, ref_layers: int = 28) -> dict:
+    """Vision share of baseline prefill, LLM FLOPs ratio and the TTFT bound for one model shape and token counts.
+
+    patch_grid: (t, gh, gw) in patches. seq: sequence_unpruned / after_stage1 / after_stage2 lengths.
+    pruning_layer is the measured model's (of ref_layers layers); other depths keep its relative depth.
+    """
+    L = dims["layers"]
+    v = vision_flops(*patch_grid, **dims["vision"], out_hidden=dims["d"])
+    base = llm_flops(L, dims["d"], dims["d_kv"], dims["d_ff"], seq["unpruned"], seq["unpruned"], -1)
+    pruned = pruning_layer >= 0 and seq["after_stage2"] < seq["after_stage1"]
+    M = round(pruning_layer * L / ref_layers) if pruned else -1
+    ours = llm_flops(L, dims["d"], dims["d_kv"], dims["d_ff"], seq["after_stage1"], seq["after_stage2"], M)
+    return {"vision_gflops": v / 1e9, "llm_gflops_baseline": base / 1e9, "llm_gflops": ours / 1e9,
+            "vision_share": v / (v + base), "llm_flops_ratio": ours / base,
+            "ttft_bound": (v + base) / (v + ours)}
