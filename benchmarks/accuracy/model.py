@@ -61,11 +61,16 @@ class Prompter:
         self.letter_ids = torch.tensor([tok.encode(L, add_special_tokens=False)[0] for L in data.LETTERS])
         self.im_end = qm.token_id("<|im_end|>")
         self.pad = qm.token_id("<|endoftext|>")
-        self.prefix, self.suffix = None, {}
-        for qtype, question in data.QUESTIONS.items():
-            pre, suf = engine.chat_pieces(qm, ["video"], question, engine.DEFAULT_SYSTEM_PROMPT)
-            self.prefix = tok.encode(pre, add_special_tokens=False)
-            self.suffix[qtype] = tok.encode(suf, add_special_tokens=False)
+        pre, _ = engine.chat_pieces(qm, ["video"], "?", engine.DEFAULT_SYSTEM_PROMPT)
+        self.prefix = tok.encode(pre, add_special_tokens=False)
+        self._suffix = {}
+
+    def suffix(self, question: str) -> list:
+        """Token ids of the prompt after the video for this question (cached)."""
+        if question not in self._suffix:
+            _, suf = engine.chat_pieces(self.qm, ["video"], question, engine.DEFAULT_SYSTEM_PROMPT)
+            self._suffix[question] = self.qm.tokenizer.encode(suf, add_special_tokens=False)
+        return self._suffix[question]
 
     def layout(self, n_suffix: int) -> torch.Tensor:
         sec = 2 / data.FPS                              # temporal_patch_size frames per group, as engine.encode
@@ -88,7 +93,7 @@ def forward(qm: qwen.QwenModel, pr: Prompter, items, drop_video_after: int | Non
     """Logits of every question of every clip, [Q, 2, vocab]: at the prompt's last token (the answer) and at the
     answer token (which should predict <|im_end|>); [Q, 1, vocab] when no answers are given.
 
-    items: [(frames uint8 [T, H, W, 3], [(qtype, answer letter or None), ...]), ...]. The questions about one clip
+    items: [(frames uint8 [T, H, W, 3], [(question, answer letter or None), ...]), ...]. The questions about one clip
     share its prompt prefix and video in one packed row: question k sees the prefix, the video and its own tokens
     only, at the positions it would have alone, so each question's logits are exactly those of its own prompt
     (an attention mask does the separation). drop_video_after=M removes every video token after layer M (the "no
@@ -104,7 +109,7 @@ def forward(qm: qwen.QwenModel, pr: Prompter, items, drop_video_after: int | Non
     with_answer = items[0][1][0][1] is not None
     if any((a is not None) != with_answer for _, qs in items for _, a in qs):
         raise ValueError("give an answer for every question or for none")
-    suffixes = [[pr.suffix[t] + ([int(pr.letter_ids[data.LETTERS.index(a)])] if with_answer else []) for t, a in qs]
+    suffixes = [[pr.suffix(q) + ([int(pr.letter_ids[data.LETTERS.index(a)])] if with_answer else []) for q, a in qs]
                 for _, qs in items]
     width = max(sum(len(x) for x in r) for r in suffixes)
     L = start + width
@@ -116,13 +121,13 @@ def forward(qm: qwen.QwenModel, pr: Prompter, items, drop_video_after: int | Non
     gather = []                                    # (row, index of the prompt's last token) per question
     for b, row in enumerate(suffixes):
         off = start
-        for (t, _), suf in zip(items[b][1], row):
+        for (q, _), suf in zip(items[b][1], row):
             n = len(suf)
             ids[b, off - start:off - start + n] = torch.tensor(suf)
             mask[b, off:off + n, :start] = True
             mask[b, off:off + n, off:off + n] = torch.ones(n, n, dtype=torch.bool).tril()
             pos[:, b, off:off + n] = alone[:, start:start + n]
-            gather.append((b, off + len(pr.suffix[t]) - 1))
+            gather.append((b, off + len(pr.suffix(q)) - 1))
             off += n
         mask[b, off:, off:] = torch.eye(L - off, dtype=torch.bool)   # padding sees itself only
     h = torch.cat([lm.embed_tokens(torch.tensor(pr.prefix))[None].expand(B, -1, -1), vis, lm.embed_tokens(ids)], 1)

@@ -31,9 +31,8 @@ TRAIN_SEED, VAL_SEED = 1000, 2          # the held-out set is data.HELD_OUT_SEED
 # colour and motion are easy to find; then full scenes, where the other shapes are distractors. Every question of
 # an asked type that a scene has is asked.
 CURRICULUM = [(0.0, ["background"], "easy"),
-              (0.03, ["background", "cut", "mover", "flash"], "solo"),
-              (0.10, data.TYPES, "solo"),
-              (0.20, data.TYPES, "full")]
+              (0.03, data.TYPES, "solo"),
+              (0.12, data.TYPES, "full")]
 
 
 def phase(step: int, steps: int, curriculum=None):
@@ -52,7 +51,7 @@ def batch_at(step: int, batch: int, steps: int, curriculum=None) -> list:
     while len(items) < batch:
         sc = data.scene(TRAIN_SEED, i, mode=mode)
         i += 1
-        qs = [(t, data.LETTERS[a]) for t, a in sc.answers.items() if t in types]
+        qs = [(q, data.LETTERS[a]) for t, q, a in sc.questions if t in types]
         if qs:
             items.append((sc.frames, qs))
     return items
@@ -73,11 +72,11 @@ def validate(qm, pr, n_scenes: int, drop_video_after: int | None = None) -> dict
     hits, counts = {}, {}
     for j in range(0, n_scenes, 16):
         scenes = [data.scene(VAL_SEED, i) for i in range(j, min(n_scenes, j + 16))]
-        items = [(sc.frames, [(t, None) for t in sc.answers]) for sc in scenes]
+        items = [(sc.frames, [(q, None) for _, q, _ in sc.questions]) for sc in scenes]
         logits = M.forward(qm, pr, items, drop_video_after=drop_video_after)[:, 0, pr.letter_ids]
         k = 0
         for sc in scenes:
-            for t, a in sc.answers.items():
+            for t, _, a in sc.questions:
                 hits[t] = hits.get(t, 0) + int(int(logits[k].argmax()) == a)
                 counts[t] = counts.get(t, 0) + 1
                 k += 1
