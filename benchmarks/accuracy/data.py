@@ -41,7 +41,8 @@ def _options(words) -> str:
 QUESTIONS = {
     "background": f"What colour is the background? {_options(BACKGROUNDS)}.",
     "cut": f"The scene changes. What colour is the background after the change? {_options(BACKGROUNDS)}.",
-    "pair": "Which colour is shown at the same time as the {anchor} shape? " + _options(SHAPE_COLOURS) + ".",
+    "mover": f"What colour is the shape that moves? {_options(SHAPE_COLOURS)}.",
+    "flash": f"A big shape appears for a moment. What colour is it? {_options(SHAPE_COLOURS)}.",
 }
 TYPES = list(QUESTIONS)
 
@@ -164,52 +165,65 @@ class Scene:
                 if qtype in (None, t)]
 
 
-def _corners(rng, k):
-    """k interior grid corners whose 2x2 blocks of cells do not overlap."""
-    while True:
-        picks = [tuple(int(v) for v in rng.integers(1, GRID, 2)) for _ in range(k)]
-        if all(abs(a[0] - b[0]) >= 2 or abs(a[1] - b[1]) >= 2 for i, a in enumerate(picks) for b in picks[i + 1:]):
-            return picks
-
-
-def _big_shape(rng, corner, colour, frames):
-    """A 36-44 px shape centred near an interior grid corner (over its 2x2 block of cells), shown in `frames`."""
-    i, j = corner
-    size = int(rng.integers(36, 45))
-    y = i * CELL - size // 2 + int(rng.integers(-3, 4))
-    x = j * CELL - size // 2 + int(rng.integers(-3, 4))
-    mask = _shape_mask(rng.choice(["square", "disc", "triangle"]), size)
-    return (frames, [y] * FRAMES, [x] * FRAMES, mask, SHAPE_COLOURS[colour])
+def _flash_corner(rng, avoid):
+    """An interior grid corner whose 2x2 block of cells avoids `avoid`: ((i, j), block cells)."""
+    corners = []
+    for i in range(1, GRID):
+        for j in range(1, GRID):
+            block = {(i - 1) * GRID + j - 1, (i - 1) * GRID + j, i * GRID + j - 1, i * GRID + j}
+            if not block & avoid:
+                corners.append(((i, j), block))
+    return corners[int(rng.integers(0, len(corners)))]
 
 
 MODES = ("easy", "solo", "full")
 
 
 def make_scene(rng, require: str | None = None, mode: str = "full") -> Scene:
-    """A random scene: a textured background (a cut to another colour at a temporal-group boundary half the time)
-    and pairs of big shapes, the two shapes of a pair shown together in the 2 frames of one temporal group.
-
-    mode "full": two pairs, in different groups; "solo": one pair; "easy": no shape and no cut. Questions: the
-    background (no cut) or the background after the change (cut); for every pair, which colour is shown with one
-    of its shapes (the anchor, drawn at random). `require` forces a cut ("cut") or none ("background").
-    """
+    """A random scene: a textured static background (a cut to another colour at a temporal-group boundary half the
+    time), a mover and a flash with probability 3/4 each, 0-2 still shapes; every shape a different colour, so each
+    is a distractor for the others' questions. `require` forces what a question type needs. Curriculum modes:
+    "easy": no cut, mover or flash, 0-2 still shapes; "solo": no still shape and exactly one of mover and flash;
+    "full": everything."""
     bg_names, shape_names = list(BACKGROUNDS), list(SHAPE_COLOURS)
+    easy, solo = mode == "easy", mode == "solo"
     questions = []
-    cut = mode != "easy" and require != "background" and (require == "cut" or rng.random() < 0.5)
+    cut = not easy and require != "background" and (require == "cut" or rng.random() < 0.5)
+    has_mover = not easy and (require == "mover" or (require != "flash" or not solo) and rng.random() < 0.75)
+    has_flash = not easy and (require == "flash" or (require != "mover" or not solo) and rng.random() < 0.75)
+    if solo and has_mover and has_flash:
+        has_mover = rng.random() < 0.5
+        has_flash = not has_mover
+    if solo and not has_mover and not has_flash:
+        has_mover = rng.random() < 0.5
+        has_flash = not has_mover
     bg1 = int(rng.integers(0, 4))
     bg2 = int(rng.choice([b for b in range(4) if b != bg1])) if cut else bg1
     questions.append(("cut", QUESTIONS["cut"], bg2) if cut else ("background", QUESTIONS["background"], bg1))
-    n_pairs = {"easy": 0, "solo": 1, "full": 2}[mode]
-    colours = [int(c) for c in rng.permutation(4)]
-    groups = [int(g) for g in rng.choice(FRAMES // 2, n_pairs, replace=False)]
-    layers = []
-    for k in range(n_pairs):
-        pair = colours[2 * k:2 * k + 2]
-        shown = range(2 * groups[k], 2 * groups[k] + 2)
-        for corner, c in zip(_corners(rng, 2), pair):
-            layers.append(_big_shape(rng, corner, shape_names[c], shown))
-        anchor = int(rng.integers(0, 2))
-        questions.append(("pair", QUESTIONS["pair"].format(anchor=shape_names[pair[anchor]]), pair[1 - anchor]))
+    colours = [int(c) for c in rng.permutation(4)]        # mover, flash, then stills: all different colours
+    layers, busy = [], set()
+    if has_mover:
+        layer, crossed = _mover(rng, DIRECTIONS[int(rng.integers(0, 4))], shape_names[colours[0]])
+        layers.append(layer)
+        busy |= crossed
+        questions.append(("mover", QUESTIONS["mover"], colours[0]))
+    flash = None
+    if has_flash:
+        (i, j), block = _flash_corner(rng, busy)
+        busy |= block
+        size = int(rng.integers(36, 45))
+        y = i * CELL - size // 2 + int(rng.integers(-3, 4))
+        x = j * CELL - size // 2 + int(rng.integers(-3, 4))
+        g = int(rng.integers(0, FRAMES // 2))
+        mask = _shape_mask(rng.choice(["square", "disc"]), size)
+        flash = (range(2 * g, 2 * g + 2), [y] * FRAMES, [x] * FRAMES, mask, SHAPE_COLOURS[shape_names[colours[1]]])
+        questions.append(("flash", QUESTIONS["flash"], colours[1]))
+    n_still = 0 if solo else int(rng.integers(0, 3))
+    free = [c for c in range(GRID * GRID) if c not in busy]
+    cells = rng.choice(free, n_still, replace=False)
+    still_colours = [shape_names[c] for c in colours[2:2 + n_still]] if not easy else \
+        list(rng.choice(shape_names, n_still))
+    layers = _still(rng, cells, still_colours) + layers + ([flash] if flash else [])
     frames = _render(_background(rng, bg_names[bg1]), layers)
     if cut:
         at = 2 * int(rng.integers(2, 7))           # first frame of the new scene: a temporal-group boundary
