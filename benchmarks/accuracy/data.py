@@ -5,11 +5,10 @@ The options are listed in the question in a fixed order per question type, answe
 is exactly 25 % and the answer is one letter token (A-D), as in MVBench.
 
 Question types (where the answer lives in the video):
-    background  the background colour (no scene cut)          every token, static
+    background  the background colour (no scene cut)          every token, static (merged by Stage 1)
     cut         the background colour after a scene cut       the tokens after the cut: needs time order
-    mover       the colour of the one moving shape            the mover's tokens (other shapes are still)
-    direction   which way the moving shape goes               the mover's tokens
-    flash       the colour of a big shape shown for 2 frames  one temporal group's tokens (4 of 128)
+    mover       the colour of the one moving shape            the mover's tokens; still shapes are distractors
+    flash       the colour of a big shape shown for 2 frames  one temporal group's 4 tokens of 128
 
 A scene has a textured static background (with a cut at a temporal-group boundary half the time), 0-2 still shapes
 inside one 28-px cell each, and with probability 3/4 each a mover (3-5 px per frame along a row or column of cells)

@@ -39,7 +39,11 @@ from .train import CHECKPOINT
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 PRESET_ROWS = ["baseline", "paper", "conservative", "aggressive", "stage1_only", "stage2_only", "no_cache_compression"]
-CONTROL_ROWS = ["random", "least_attended", "no_video_after_M"]
+# the selection controls: at a preset's own budget (the same count per selection block), random and least
+# attended tokens instead of Stage 2's choice
+CONTROLS = {"paper": ("random", "least_attended"),
+            "stage2_only": ("random_stage2_only", "least_attended_stage2_only")}
+CONTROL_ROWS = [r for pair in CONTROLS.values() for r in pair] + ["no_video_after_M"]
 
 
 def clip_of(s: data.Sample) -> Clip:
@@ -113,29 +117,27 @@ class Evaluator:
                 encoded[key] = engine.encode(self.qm, clip, cfg)
             return encoded[key]
 
-        paper_pf = None
+        prefills = {}
         for row in self.rows:
             if row in CONTROL_ROWS:
                 continue
             cfg = preset(row, self.M)
-            pf = engine.prefill(enc(cfg), s.question, cfg)
-            if row == "paper":
-                paper_pf = pf
+            prefills[row] = pf = engine.prefill(enc(cfg), s.question, cfg)
             self._record(row, s, pf)
-        needs_paper = any(r in ("random", "least_attended") for r in self.rows)
-        if needs_paper:
-            cfg = preset("paper", self.M)
-            if paper_pf is None:
-                paper_pf = engine.prefill(enc(cfg), s.question, cfg)
-            blocks = engine.assemble(self.qm, paper_pf.encoded, s.question, engine.DEFAULT_SYSTEM_PROMPT).blocks
-            if "random" in self.rows:
+        for ref, (random_row, least_row) in CONTROLS.items():
+            if random_row not in self.rows and least_row not in self.rows:
+                continue
+            cfg = preset(ref, self.M)
+            pf = prefills.get(ref) or engine.prefill(enc(cfg), s.question, cfg)
+            blocks = engine.assemble(self.qm, pf.encoded, s.question, engine.DEFAULT_SYSTEM_PROMPT).blocks
+            if random_row in self.rows:
                 order = torch.randperm(blocks.numel(), generator=self.gen)
-                keep = same_budget(paper_pf.kept_visual, blocks, order)
-                self._record("random", s, engine.prefill(paper_pf.encoded, s.question, cfg, keep_visual=keep))
-            if "least_attended" in self.rows:
-                order = torch.sort(paper_pf.scores, stable=True).indices          # ascending: least attended first
-                keep = same_budget(paper_pf.kept_visual, blocks, order)
-                self._record("least_attended", s, engine.prefill(paper_pf.encoded, s.question, cfg, keep_visual=keep))
+                keep = same_budget(pf.kept_visual, blocks, order)
+                self._record(random_row, s, engine.prefill(pf.encoded, s.question, cfg, keep_visual=keep))
+            if least_row in self.rows:
+                order = torch.sort(pf.scores, stable=True).indices          # ascending: least attended first
+                keep = same_budget(pf.kept_visual, blocks, order)
+                self._record(least_row, s, engine.prefill(pf.encoded, s.question, cfg, keep_visual=keep))
         if "no_video_after_M" in self.rows:
             cfg = preset("stage2_only", self.M)
             pf = engine.prefill(enc(cfg), s.question, cfg, keep_visual=torch.zeros(0, dtype=torch.long))
@@ -166,6 +168,8 @@ LABELS = {"baseline": "baseline (no pruning)", "paper": "paper", "conservative":
           "aggressive": "aggressive (less compression)", "stage1_only": "Stage 1 only", "stage2_only": "Stage 2 only",
           "no_cache_compression": "no_cache_compression", "random": "control: random selection, paper's budget",
           "least_attended": "control: least attended, paper's budget",
+          "random_stage2_only": "control: random selection, Stage 2 only's budget",
+          "least_attended_stage2_only": "control: least attended, Stage 2 only's budget",
           "no_video_after_M": "control: no video token after layer M"}
 
 
@@ -193,7 +197,7 @@ def render(res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(CHECKPOINT))
-    ap.add_argument("--n", type=int, default=2400, help="held-out clips (a multiple of 6: the same count per type)")
+    ap.add_argument("--n", type=int, default=2400, help="held-out clips (a multiple of 4: the same count per type)")
     ap.add_argument("--rows", default=",".join(PRESET_ROWS + CONTROL_ROWS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pruning-layer", type=int, default=M.PRUNING_LAYER, help="M for every row")

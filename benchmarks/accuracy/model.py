@@ -21,7 +21,7 @@ from . import data
 
 # The oracle's shape (the sizes of prunevid.testing.build_tiny_model); PRUNING_LAYER is the paper's M = 10 of 28
 # scaled to this depth, used by every preset row of the evaluation.
-SIZES = dict(num_hidden_layers=6, hidden_size=192, intermediate_size=512, num_attention_heads=6,
+SIZES = dict(num_hidden_layers=6, hidden_size=128, intermediate_size=384, num_attention_heads=4,
              num_key_value_heads=2, vision_depth=2, vision_hidden_size=96, vision_intermediate_size=192,
              vision_num_heads=2)
 PRUNING_LAYER = 2

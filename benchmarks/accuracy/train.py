@@ -101,6 +101,9 @@ def main(argv=None) -> int:
     ap.add_argument("--curriculum", default="", help="JSON list of [fraction, types, mode] (probes)")
     ap.add_argument("--sizes", default="", help="JSON overrides of model.SIZES (probes)")
     ap.add_argument("--time-limit", type=float, default=0, help="stop after this many minutes (0: no limit)")
+    ap.add_argument("--stop-at", type=int, default=0,
+                    help="stop after this step, keeping the learning-rate schedule of --steps (replays a run that a "
+                         "time limit stopped)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -158,6 +161,8 @@ def main(argv=None) -> int:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 print(json.dumps(rec), flush=True)
+            if args.stop_at and step + 1 >= args.stop_at:
+                break
             if args.time_limit and time.time() - t0 > args.time_limit * 60:
                 print(f"time limit reached at step {step + 1}")
                 break
