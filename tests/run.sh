@@ -24,7 +24,7 @@ if [ -f "$TF457/transformers/__init__.py" ]; then
   PYTHONPATH="$TF457" python -m pytest -q -rs -p no:cacheprovider tests/test_positions.py tests/test_stage2.py \
     tests/test_tiny_model.py tests/test_engine.py tests/test_backends.py tests/test_pipeline.py tests/test_nodes.py \
     tests/test_bench.py tests/test_hub_download.py tests/test_quantize.py tests/test_placement.py \
-    tests/test_multi_video.py tests/test_batch.py tests/test_cli_batch.py \
+    tests/test_multi_video.py tests/test_batch.py tests/test_cli_batch.py tests/test_oracle.py \
     "$@" 2>&1 | tee "$logs/tf457"
   tf457=${PIPESTATUS[0]}
 else

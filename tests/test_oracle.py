@@ -3,7 +3,7 @@ the engine, and pruning keeps the answer. These tests fail when a change ruins a
 (a wrong position after merging, Stage 2 keeping the least attended tokens, a wrong layer).
 
 Floors come from the held-out accuracies measured on the committed checkpoint (benchmarks/accuracy/results/
-oracle.md, 400 clips per question type), lowered by a margin larger than the sampling noise of the 160 clips used
+oracle.md, 600 clips per question type), lowered by a margin larger than the sampling noise of the 160 clips used
 here. The run is deterministic (fixed clips, fp32 on CPU), so a pass or a failure repeats.
 """
 import pytest
@@ -17,8 +17,10 @@ from prunevid.config import get_baseline_config
 
 N_PER_TYPE = 40                       # 160 held-out clips
 ROWS = ["baseline", "paper", "stage1_only", "stage2_only", "least_attended_stage2_only"]
-FLOORS = {"baseline": 0.90, "paper": 0.55, "stage1_only": 0.80, "stage2_only": 0.90}
-SELECTION_GAP = 0.05                  # Stage 2's choice beats the least attended tokens at its budget by this much
+# measured on 2400 held-out clips: baseline 99.9, paper 71.8, Stage 1 only 88.7, Stage 2 only 99.2 %; Stage 2 only
+# 99.2 vs least attended at its budget 82.1 % (benchmarks/accuracy/results/oracle.md)
+FLOORS = {"baseline": 0.95, "paper": 0.60, "stage1_only": 0.78, "stage2_only": 0.93}
+SELECTION_GAP = 0.08                  # Stage 2's choice beats the least attended tokens at its budget by this much
 
 
 @pytest.fixture(scope="module")
