@@ -5,9 +5,9 @@ Every row runs the held-out set (data.HELD_OUT_SEED, never trained on) through t
 restricted to the option letters A-D (MVBench's protocol; chance is 25 %). Rows:
 
 - baseline and every preset, with pruning_layer M scaled to the oracle's depth (model.PRUNING_LAYER);
-- controls at the paper preset's token budget, with the same number of tokens per selection block as the paper
-  preset kept for that sample: `random` (uniform choice in each block, seeded) and `least attended` (the lowest
-  Stage 2 scores in each block);
+- controls at the paper preset's and at Stage 2 only's token budget, with the same number of tokens per selection
+  block as that preset kept for that sample: `random` (uniform choice in each block, seeded) and `least attended`
+  (the lowest Stage 2 scores in each block);
 - `no video after M`: every video token dropped after layer M (no Stage 1): what the question tokens carry out of
   layers 0..M alone. Near chance means the model reads the video after layer M, so the probe can tell good
   selections from bad ones.

@@ -150,8 +150,9 @@ def main(argv=None) -> int:
             opt.step()
             window.append(loss[0].item())
             if (step + 1) % 25 == 0:
+                types, mode = phase(step, args.steps, curriculum)
                 rec = {"step": step + 1, "answer_loss": float(np.mean(window)), "end_loss": loss[1].item(),
-                       "lr": opt.param_groups[0]["lr"], "stage": phase(step, args.steps, curriculum)[1] + str(len(phase(step, args.steps, curriculum)[0])), "minutes": (time.time() - t0) / 60}
+                       "lr": opt.param_groups[0]["lr"], "stage": f"{mode}{len(types)}", "minutes": (time.time() - t0) / 60}
                 window = []
                 if (step + 1) % args.val_every == 0 or step + 1 == args.steps:
                     rec["val"] = validate(qm, pr, args.val_n)
