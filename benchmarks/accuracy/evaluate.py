@@ -83,7 +83,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple:
     den = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return p, centre - half, centre + half
+    return p, max(0.0, centre - half), min(1.0, centre + half)
 
 
 class Evaluator:
@@ -94,6 +94,7 @@ class Evaluator:
         self.M = M_layer
         self.rows = rows or PRESET_ROWS + CONTROL_ROWS
         self.letters = torch.tensor([qm.tokenizer.encode(L, add_special_tokens=False)[0] for L in data.LETTERS])
+        # one generator for the random rows, drawn in row order per clip: the recorded table used --rows' default
         self.gen = torch.Generator().manual_seed(seed)
         self.results = {r: [] for r in self.rows}
 
@@ -208,13 +209,17 @@ def main(argv=None) -> int:
     rows = [r for r in args.rows.split(",") if r]
     ev = Evaluator(qm, rows, M_layer=args.pruning_layer)
     t0 = time.time()
+    if args.n < len(data.TYPES) or args.n % len(data.TYPES):
+        ap.error(f"--n must be a positive multiple of {len(data.TYPES)} (the same count per question type)")
     samples = data.held_out(args.n)
     for i, s in enumerate(samples):
         ev.run(s)
         if (i + 1) % 120 == 0:
             acc = {r: round(100 * sum(x["hit"] for x in v) / len(v), 1) for r, v in ev.results.items()}
             print(f"{i + 1}/{len(samples)} {time.time() - t0:.0f}s {acc}", flush=True)
-    res = {"model": str(args.model), "n": len(samples), "rows": rows, "pruning_layer": ev.M, "layers": qm.num_layers,
+    model = Path(args.model).resolve()
+    shown = model.relative_to(HERE.parent.parent) if model.is_relative_to(HERE.parent.parent) else model
+    res = {"model": str(shown), "n": len(samples), "rows": rows, "pruning_layer": ev.M, "layers": qm.num_layers,
            "minutes": (time.time() - t0) / 60, "summary": ev.summary()}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=1) + "\n")

@@ -25,18 +25,11 @@ SIZES = dict(num_hidden_layers=6, hidden_size=128, intermediate_size=384, num_at
              num_key_value_heads=2, vision_depth=2, vision_hidden_size=96, vision_intermediate_size=192,
              vision_num_heads=2)
 PRUNING_LAYER = 2
-ROPE_THETA = None      # None keeps the builder's 1e6
 
 
-def build(path, sizes=None, seed=0, rope_theta=ROPE_THETA) -> Path:
+def build(path, sizes=None, seed=0) -> Path:
     """A fresh random checkpoint of the oracle's shape in `path` (replacing an earlier one)."""
-    path = build_tiny_model(path, **(sizes or SIZES), seed=seed, overwrite=True)
-    if rope_theta is not None:
-        cfg_file = Path(path) / "config.json"
-        cfg = json.loads(cfg_file.read_text())
-        cfg["rope_theta"] = float(rope_theta)
-        cfg_file.write_text(json.dumps(cfg, indent=2) + "\n")
-    return path
+    return build_tiny_model(path, **(sizes or SIZES), seed=seed, overwrite=True)
 
 
 def save_weights(qm: qwen.QwenModel, path, dtype=torch.bfloat16) -> None:

@@ -11,6 +11,8 @@ import argparse
 import json
 import math
 import random
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,7 +25,8 @@ from . import data
 from . import model as M
 
 HERE = Path(__file__).resolve().parent
-CHECKPOINT = HERE / "checkpoint"
+CHECKPOINT = HERE / "checkpoint"                     # the committed model (read by evaluate and the test)
+REPLAY = HERE.parent / "models" / "oracle"             # where training writes by default (git-ignored)
 TRAIN_SEED, VAL_SEED = 1000, 2          # the held-out set is data.HELD_OUT_SEED, used by nobody here
 
 # Curriculum: (fraction of the steps at which a stage starts, question types asked, scene mode of data.make_scene).
@@ -84,9 +87,21 @@ def validate(qm, pr, n_scenes: int, drop_video_after: int | None = None) -> dict
     return {t: round(hits[t] / counts[t], 3) for t in data.TYPES if t in counts}
 
 
+def _code_version() -> dict:
+    """The checkout and library versions the run used (so a checkpoint can be traced to its code)."""
+    import transformers
+    try:
+        git = lambda *a: subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True).stdout.strip()  # noqa: E731
+        commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--", str(HERE.parent.parent)))
+    except OSError:
+        commit, dirty = None, None
+    return {"commit": commit or None, "dirty": dirty, "transformers": transformers.__version__}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(CHECKPOINT), help="checkpoint folder to write (replaced)")
+    ap.add_argument("--out", default=str(REPLAY),
+                    help="checkpoint folder to write (replaced); the committed one is benchmarks/accuracy/checkpoint")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=8, help="scenes per step (each asked all its questions)")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -114,7 +129,6 @@ def main(argv=None) -> int:
     sizes = {**M.SIZES, **json.loads(args.sizes or "{}")}
     M.build(out, sizes=sizes, seed=args.seed)
     if args.init:
-        import shutil
         shutil.copy(Path(args.init) / "model.safetensors", out / "model.safetensors")
     qm = qwen.load(str(out), dtype="fp32", device="cpu")
     controls = [int(m) for m in args.pruning_layer.split(",")]
@@ -129,7 +143,7 @@ def main(argv=None) -> int:
     log_file = out / "train_log.jsonl"
     log = log_file.open("w")
     t0 = time.time()
-    run = {"args": vars(args), "sizes": sizes, "curriculum": curriculum,
+    run = {"args": vars(args), "sizes": sizes, "curriculum": curriculum, "code": _code_version(),
            "params": sum(p.numel() for p in model.parameters()), "torch": torch.__version__}
     log.write(json.dumps({"run": run}) + "\n")
     print(json.dumps(run))

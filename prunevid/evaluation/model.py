@@ -168,8 +168,13 @@ class PruneVidQwen25VLEval(lmms):
                 except PruneVidError as e:
                     raise type(e)(f"{reqs[rows[0]].task_name} doc {reqs[rows[0]].doc_id}: {e}") from e
                 continue
-            answers = self.pv.answer_batch([prepared[i][1] for i in rows], [prepared[i][0].question for i in rows],
-                                           max_new_tokens, system_prompt=system_prompt, **dict(sampling))
+            try:
+                answers = self.pv.answer_batch([prepared[i][1] for i in rows],
+                                               [prepared[i][0].question for i in rows], max_new_tokens,
+                                               system_prompt=system_prompt, **dict(sampling))
+            except PruneVidError as e:
+                docs = ", ".join(str(reqs[i].doc_id) for i in rows)
+                raise type(e)(f"{reqs[rows[0]].task_name} docs {docs} (answered as one batch): {e}") from e
             for i, a in zip(rows, answers):
                 if a["error"]:
                     raise PruneVidError(f"{reqs[i].task_name} doc {reqs[i].doc_id}: {a['error']}")
