@@ -178,8 +178,8 @@ def test_pipeline_answers_two_videos_and_an_image(tiny_model_dir, sample_video):
         assert sum(p[key] for p in per) == s["tokens"][total]
     assert all(0 < p["after_stage2"] < p["after_stage1"] for p in per)
     line = next(x for x in format_stats(s).splitlines() if x.startswith("Per video"))
-    first = per[0]
-    assert f"{Path(sample_video).name} {first['original']} -> {first['after_stage1']} -> {first['after_stage2']}" in line
+    a = per[0]
+    assert f"{Path(sample_video).name} {a['original']} -> {a['after_stage1']} -> {a['after_stage2']}" in line
     assert f"bikes.mp4 {per[1]['original']} -> " in line
     frame = load_video(other, max_frames=2).frames[0]
     mixed = pv.encode(video_path=str(sample_video), videos=[other], images=[frame.numpy()])

@@ -90,8 +90,9 @@ def validate(qm, pr, n_scenes: int, drop_video_after: int | None = None) -> dict
 def _code_version() -> dict:
     """The checkout and library versions the run used (so a checkpoint can be traced to its code)."""
     import transformers
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True).stdout.strip()
     try:
-        git = lambda *a: subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True).stdout.strip()  # noqa: E731
         commit, dirty = git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--", str(HERE.parent.parent)))
     except OSError:
         commit, dirty = None, None
@@ -166,7 +167,8 @@ def main(argv=None) -> int:
             if (step + 1) % 25 == 0:
                 types, mode = phase(step, args.steps, curriculum)
                 rec = {"step": step + 1, "answer_loss": float(np.mean(window)), "end_loss": loss[1].item(),
-                       "lr": opt.param_groups[0]["lr"], "stage": f"{mode}{len(types)}", "minutes": (time.time() - t0) / 60}
+                       "lr": opt.param_groups[0]["lr"], "stage": f"{mode}{len(types)}",
+                       "minutes": (time.time() - t0) / 60}
                 window = []
                 if (step + 1) % args.val_every == 0 or step + 1 == args.steps:
                     rec["val"] = validate(qm, pr, args.val_n)
