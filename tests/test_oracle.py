@@ -70,3 +70,18 @@ def test_stage2_keeps_what_the_question_attends_to(measured):
     selection reads the question's attention, not noise (an inverted or misaligned selection fails here)."""
     ours, least = measured["stage2_only"]["accuracy"], measured["least_attended_stage2_only"]["accuracy"]
     assert ours - least >= SELECTION_GAP, f"Stage 2 only {100 * ours:.1f} % vs least attended {100 * least:.1f} %"
+
+
+def test_the_trainer_writes_a_checkpoint_that_loads_and_logs_its_run(tmp_path):
+    """Two training steps end to end: a from_pretrained-loadable checkpoint in --out (never the committed one) and
+    a log that names the run's arguments and code version."""
+    import json
+
+    from benchmarks.accuracy import train
+    out = tmp_path / "oracle"
+    assert train.main(["--steps", "2", "--val-every", "2", "--val-n", "2", "--threads", "1", "--out", str(out)]) == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["run"]["args"]["steps"] == 2 and log[0]["run"]["code"]["transformers"]
+    assert log[-1]["done"]["steps"] == 2
+    qm = qwen.load(str(out), dtype="fp32", device="cpu")
+    assert qm.num_layers == M.SIZES["num_hidden_layers"]
