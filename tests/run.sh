@@ -34,12 +34,18 @@ fi
 
 EVAL=.cache/venv-eval
 if [ ! -f "$EVAL/.complete" ]; then
-  # the main environment's torch and torchvision (CI: 2.14.1 and 0.29.1 from this machine's disk), then the checkout
-  # with [test,eval]; the marker is written last, so an interrupted install is never mistaken for a good one
+  # torch and torchvision come from the main environment, seen through a .pth line placed after the venv's own
+  # site-packages: a second copy of the CUDA build is 5.5 GB, which a CI disk may not have. What the [eval] extra
+  # pins differently (av<16, filelock<4) is installed into the venv and shadows the main environment's copy, which
+  # pip leaves alone ("outside environment"). The marker is written last, so an interrupted install is never
+  # mistaken for a good one.
   rm -rf "$EVAL"
-  torch_pins=$(python -c "from importlib.metadata import version as v; print('torch==' + v('torch'), 'torchvision==' + v('torchvision'))")
-  python -m venv "$EVAL" && "$EVAL/bin/pip" install -q --upgrade pip && "$EVAL/bin/pip" install -q $torch_pins \
-    && "$EVAL/bin/pip" install -q -e ".[test,eval]" && touch "$EVAL/.complete"
+  main_site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  python -m venv "$EVAL" \
+    && echo "$main_site" > "$("$EVAL/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/zz-main-environment.pth" \
+    && "$EVAL/bin/pip" install -q --upgrade pip && "$EVAL/bin/pip" install -q -e ".[test,eval]" \
+    && "$EVAL/bin/python" -c "import torch, torchvision, av, filelock, lmms_eval; assert int(av.__version__.split('.')[0]) < 16" \
+    && touch "$EVAL/.complete"
 fi
 if [ -f "$EVAL/.complete" ]; then
   # PRUNEVID_REQUIRE_LMMS_EVAL: here a missing lmms-eval fails the tests instead of skipping them

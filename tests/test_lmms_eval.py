@@ -87,9 +87,10 @@ def lmms(eval_env):
 
 
 def accelerate(*flags):
-    """`accelerate launch FLAGS` (the venv's own accelerate command) on a free local port."""
-    return [str(Path(sys.executable).with_name("accelerate")), "launch", *flags, "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    """`accelerate launch FLAGS` on a free local port, by module: the eval venv sees accelerate through the main
+    environment (tests/run.sh), whose console scripts it does not have."""
+    return [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", *flags, "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
 
 
 def paper_run(lmms):
