@@ -5,7 +5,7 @@ import inspect
 import pytest
 import torch
 
-from prunevid import engine, positions as P, stage3
+from prunevid import engine, positions as P, stage2, stage3
 from prunevid.config import get_baseline_config, get_paper_config, get_stage1_only_config
 from prunevid.errors import BudgetError, ConfigError, InputError, ModelError
 from prunevid.video import to_patches
@@ -163,6 +163,29 @@ def test_stage2_keeps_the_configured_fraction_per_block(qm, paper):
     assert pf.stats["stage2"]["keep_ratio"] == 0.4
     assert pf.stats["stage2"]["kept_fraction"] == pf.kept_visual.numel() / paper.merged_tokens < 0.4
     assert pf.stats["stage1"]["compressed_tokens"] == paper.merged_tokens < paper.original_tokens
+
+
+@pytest.mark.parametrize("with_rope", [False, True])
+def test_stage2_scores_the_input_of_layer_m(qm, paper, with_rope):
+    """Stage 2 reads layer M's attention on layer M's input, the hidden states after layers 0..M-1 of an unpruned
+    forward (transformers' own, here): a selection made one layer early or late fails, which the accuracy oracle
+    cannot always tell (its M - 1 scores pick nearly the same tokens)."""
+    from test_stage2 import full_reference
+    cfg = get_paper_config(score_with_rope=with_rope)
+    M = cfg.pruning_layer
+    pf = engine.prefill(paper, Q, cfg)
+    seq = engine.assemble(qm, paper, Q, engine.DEFAULT_SYSTEM_PROMPT)
+    with torch.no_grad():
+        hidden = qm.language_model(inputs_embeds=seq.embeds[None], position_ids=seq.positions[:, None],
+                                   output_hidden_states=True, use_cache=False).hidden_states
+        rope = (P.mrope_cos_sin(seq.positions, qm.language_model.rotary_emb.inv_freq, qm.mrope_section, torch.float32)
+                if with_rope else None)
+        ref = {m: full_reference(qm.layers[m], hidden[m][0], seq.query_start, seq.visual_cols, "max", rope)
+               for m in (M - 1, M, M + 1)}
+    assert torch.allclose(pf.scores, ref[M], rtol=1e-4, atol=1e-6), (pf.scores - ref[M]).abs().max()
+    for other in (M - 1, M + 1):                 # the tolerance above tells neighbouring layers apart
+        assert not torch.allclose(pf.scores, ref[other], rtol=1e-2, atol=1e-4)
+    assert torch.equal(pf.kept_visual, stage2.select(ref[M], seq.blocks, cfg.keep_ratio, cfg.selection_granularity))
 
 
 def test_deterministic_and_prefill_is_never_mutated(qm, paper):
