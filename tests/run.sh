@@ -33,19 +33,33 @@ else
 fi
 
 EVAL=.cache/venv-eval
-if [ ! -f "$EVAL/.complete" ]; then
-  # torch and torchvision come from the main environment, seen through a .pth line placed after the venv's own
-  # site-packages: a second copy of the CUDA build is 5.5 GB, which a CI disk may not have. What the [eval] extra
-  # pins differently (av<16, filelock<4) is installed into the venv and shadows the main environment's copy, which
-  # pip leaves alone ("outside environment"). The marker is written last, so an interrupted install is never
-  # mistaken for a good one.
+# torch and torchvision come from the main environment, seen through a .pth file listing its site folders after the
+# venv's own site-packages: a second copy of the CUDA build is 5.5 GB, which a CI disk may not have. What the [eval]
+# extra pins differently (av<16, filelock<4) is installed into the venv and shadows the main copy, which pip leaves
+# alone ("outside environment"); a constraint holds torch and torchvision at the main versions, so pip fails rather
+# than download another torch. The marker, written last, records the folders: the venv is rebuilt when they change
+# (a recreated main environment) or when it cannot import torch and lmms_eval.
+main_sites=$(python -c "import sys; print('\n'.join(p for p in sys.path if p.endswith(('site-packages', 'dist-packages'))))")
+if [ ! -f "$EVAL/.complete" ] || [ "$(cat "$EVAL/.complete")" != "$main_sites" ] \
+    || ! "$EVAL/bin/python" -c "import torch, lmms_eval" 2>/dev/null; then
   rm -rf "$EVAL"
-  main_site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
   python -m venv "$EVAL" \
-    && echo "$main_site" > "$("$EVAL/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/zz-main-environment.pth" \
-    && "$EVAL/bin/pip" install -q --upgrade pip && "$EVAL/bin/pip" install -q -e ".[test,eval]" \
-    && "$EVAL/bin/python" -c "import torch, torchvision, av, filelock, lmms_eval; assert int(av.__version__.split('.')[0]) < 16" \
-    && touch "$EVAL/.complete"
+    && printf '%s\n' "$main_sites" \
+      > "$("$EVAL/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/zz-main-environment.pth" \
+    && python -c "
+from importlib.metadata import PackageNotFoundError, version
+for name in ('torch', 'torchvision'):
+    try:
+        print(f'{name}=={version(name)}')
+    except PackageNotFoundError:
+        pass" > "$EVAL/constraints.txt" \
+    && "$EVAL/bin/pip" install -q --upgrade pip \
+    && "$EVAL/bin/pip" install -q -c "$EVAL/constraints.txt" -e ".[test,eval]" \
+    && "$EVAL/bin/python" -c "
+import sys, av, filelock, lmms_eval, torch, torchvision
+assert any(torch.__file__.startswith(s) for s in sys.argv[1].splitlines()), 'torch is not the main one: ' + torch.__file__
+assert int(av.__version__.split('.')[0]) < 16, av.__version__" "$main_sites" \
+    && printf '%s\n' "$main_sites" > "$EVAL/.complete"
 fi
 if [ -f "$EVAL/.complete" ]; then
   # PRUNEVID_REQUIRE_LMMS_EVAL: here a missing lmms-eval fails the tests instead of skipping them

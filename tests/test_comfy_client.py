@@ -241,6 +241,10 @@ def test_sample_names_are_uploaded_as_their_clips(capsys):
     err = capsys.readouterr().err
     assert err.startswith("prunevid submit: error: --video: no sample video 'nope.mp4'") and "bikes.mp4" in err
     assert len(err.strip().splitlines()) == 1 and len(fake.uploads) == 1
+    for escape in ("sample:/etc/hostname", "sample:../__init__.py", "sample:"):   # never a file outside the clips
+        assert submit(fake.address, "--video", escape) == 1
+        assert "sample video names are bare file names" in capsys.readouterr().err
+    assert len(fake.uploads) == 1
 
 
 def test_node_errors_fail_naming_the_node(capsys):

@@ -9,8 +9,14 @@ import pytest
 RUN_SH = Path(__file__).resolve().parent / "run.sh"
 
 # records its arguments; the lmms-eval phase runs with PRUNEVID_REQUIRE_LMMS_EVAL=1, the 4.57 phase is the other one
-# with -p no:cacheprovider; exit codes come from the environment
+# with -p no:cacheprovider; exit codes come from the environment. `python -c` (run.sh asking the main environment for
+# its site folders, or the eval venv whether it imports) prints one folder and succeeds; `python -m venv` (a rebuild
+# of the eval venv) is recorded and fails, so no test installs anything.
 FAKE_PYTHON = """#!/bin/sh
+case "$1" in
+  -c) echo "/main/site-packages"; exit 0 ;;
+  -m) if [ "$2" = venv ]; then echo "venv: $*" >> "$CALLS"; exit 1; fi ;;
+esac
 if [ "$PRUNEVID_REQUIRE_LMMS_EVAL" = 1 ]; then
   echo "eval: $*" >> "$CALLS"; echo "eval phase output"; echo "SUMMARY-EVAL"; exit "$RC_EVAL"
 fi
@@ -25,7 +31,7 @@ esac
 @pytest.fixture
 def checkout(tmp_path):
     """A copy of run.sh in an empty checkout whose .cache/tf457 already holds transformers and whose .cache/venv-eval
-    is complete (no install)."""
+    is complete (no install) for the main environment's current site folders."""
     if shutil.which("bash") is None:
         pytest.skip("needs bash")
     (tmp_path / "tests").mkdir()
@@ -38,7 +44,7 @@ def checkout(tmp_path):
     venv = tmp_path / ".cache" / "venv-eval"
     (venv / "bin").mkdir(parents=True)
     shutil.copy(tmp_path / "bin" / "python", venv / "bin" / "python")
-    (venv / ".complete").write_text("")
+    (venv / ".complete").write_text("/main/site-packages\n")       # built against the main environment's folders
     return tmp_path
 
 
@@ -68,3 +74,13 @@ def test_every_phase_runs_and_any_failure_fails_the_command(checkout, rc_main, r
 def test_arguments_that_select_no_lmms_eval_test_do_not_fail_the_command(checkout):
     rc, out, calls = run_script(checkout, 0, 0, rc_eval=5)      # pytest's "no tests collected"
     assert rc == 0 and len(calls) == 3
+
+
+def test_the_eval_venv_is_rebuilt_when_the_main_environment_moved(checkout):
+    """A marker naming other site folders (the main venv recreated elsewhere or on another Python) would leave the
+    eval venv without torch for good: run.sh rebuilds it, and a failed rebuild fails the command."""
+    (checkout / ".cache" / "venv-eval" / ".complete").write_text("/old/python3.11/site-packages\n")
+    rc, out, calls = run_script(checkout, 0, 0)
+    assert rc == 1 and calls[2].startswith("venv: -m venv .cache/venv-eval"), calls
+    assert not any(c.startswith("eval: ") for c in calls)
+    assert "lmms-eval (venv-eval):  could not install the [eval] extra into .cache/venv-eval" in out
