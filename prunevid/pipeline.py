@@ -1,8 +1,8 @@
-"""PruneVidQwen25VL: the seed-compatible high-level API.
+"""PruneVid: the high-level API, for a checkpoint of any supported family (PruneVidQwen25VL: the seed's name).
 
-    model = PruneVidQwen25VL(model_path="Qwen/Qwen2.5-VL-7B-Instruct", config=get_paper_config())
+    model = PruneVid(model_path="Qwen/Qwen2-VL-7B-Instruct", config=get_paper_config())
     out = model.generate(video_path="clip.mp4", question="What happens?", return_stats=True)
-    out["answer"], out["stats"]["stage1"]["compressed_tokens"], ...
+    out["answer"], out["stats"]["stage1"]["compressed_tokens"], out["stats"]["family"], ...
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import dataclasses
 import os
 import time
 
-from . import batch, engine, qwen, stage3, stats, video
+from . import batch, engine, families, loader, stage3, stats, video
 from .config import PruneVidConfig, get_paper_config
 from .errors import ConfigError, InputError, PruneVidError
 
@@ -28,23 +28,39 @@ def sampling_params(max_new_tokens: int, sampling: dict) -> engine.SamplingParam
     return engine.SamplingParams(max_new_tokens=max_new_tokens, **sampling)
 
 
-def check_pruning_layer(qm: qwen.QwenModel, config: PruneVidConfig) -> None:
-    """Stage 2 selects after layer M: M must be one of the model's layers."""
-    if config.enable_stage2 and config.pruning_layer >= qm.num_layers:
-        raise ConfigError(f"pruning_layer must be below the layer count of {qm.name} ({qm.num_layers}), got "
-                          f"{config.pruning_layer}; use 0..{qm.num_layers - 1}")
-
-
-class PruneVidQwen25VL:
+class PruneVid:
     def __init__(self, model_path: str, config: PruneVidConfig | None = None, device: str = "auto",
                  dtype: str = "auto", attention: str = "sdpa", quantization: str = "none", device_map=None,
-                 max_memory: dict | None = None, offload_folder: str | None = None):
-        """quantization: "none" | "8bit" | "4bit"; device_map ("auto", "balanced", "sequential" or a dict),
-        max_memory and offload_folder shard or offload the model (see docs/performance.md, "Memory")."""
+                 max_memory: dict | None = None, offload_folder: str | None = None, lazy: bool = False):
+        """model_path: a local checkpoint folder or a hub id of any supported family (prunevid.families; the family
+        is read from config.json), or "tiny" / "tiny:<model_type>" (a random tiny checkpoint built on disk).
+        quantization: "none" | "8bit" | "4bit"; device_map ("auto", "balanced", "sequential" or a dict),
+        max_memory and offload_folder shard or offload the model (see docs/performance.md, "Memory").
+        lazy: load the weights on first use (generate() then reads and checks the video before the load)."""
         self.config = config or get_paper_config()
-        self.model = qwen.load(model_path, dtype=dtype, device=device, attention=attention, quantization=quantization,
+        self.model_path = loader.resolve_model(model_path)
+        self._load_args = dict(dtype=dtype, device=device, attention=attention, quantization=quantization,
                                device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
-        check_pruning_layer(self.model, self.config)      # now, not after the vision tower ran on a video
+        self._model = None
+        if not lazy:
+            self.model                                  # noqa: B018  (loads now)
+
+    @property
+    def model(self):
+        """The loaded families.VideoLLM (loaded on first use with lazy=True)."""
+        if self._model is None:
+            qm = loader.load(self.model_path, **self._load_args)
+            engine.check_pruning_layer(qm, self.config)   # now, not after the vision tower ran on a video
+            self._model = qm
+        return self._model
+
+    @property
+    def family(self) -> type:
+        """The checkpoint's family class (families.Qwen25VL, ...): the loaded model's, or before a lazy load the one
+        its config.json names (the default family while a hub id is not downloaded yet)."""
+        if self._model is not None:
+            return type(self._model)
+        return loader.detect(self.model_path) or families.for_hub_id(str(self.model_path)) or families.DEFAULT
 
     def load_video(self, video_path: str) -> video.Clip:
         return read_video(video_path, self.config)
@@ -58,8 +74,9 @@ class PruneVidQwen25VL:
         """
         return engine.encode(self.model, self.visuals(video_path, videos, images), self.config, progress)
 
-    def visuals(self, video_path=None, videos=None, images=None) -> list:
-        """The visual blocks of one prompt as engine.encode takes them: Clips (videos read now) and images."""
+    def visuals(self, video_path=None, videos=None, images=None, on_status=None) -> list:
+        """The visual blocks of one prompt as engine.encode takes them: Clips (videos read now, each checked against
+        the token budget from its container's metadata before any frame is decoded) and images."""
         if isinstance(videos, (str, bytes, os.PathLike, video.Clip)):
             videos = [videos]
         if videos is not None and not isinstance(videos, (list, tuple)):
@@ -67,13 +84,21 @@ class PruneVidQwen25VL:
         if video_path is None and not videos and images is None:
             raise InputError("give a video_path, videos=[...] or images=[...]")
         paths = ([video_path] if video_path is not None else []) + list(videos or [])
-        clips = [v if isinstance(v, video.Clip) else self.load_video(v) for v in paths]
+        clips = []
+        for v in paths:
+            if on_status and not isinstance(v, video.Clip):
+                on_status(f"reading {v} ...")
+            clips.append(v if isinstance(v, video.Clip) else self.load_video(v))
         return clips + (video.load_images(images, max_pixels=self.config.max_pixels) if images is not None else [])
 
     def answer(self, encoded: engine.Encoded, question: str, max_new_tokens: int = 128,
                system_prompt: str = engine.DEFAULT_SYSTEM_PROMPT, on_text=None, progress=None, **sampling) -> dict:
         """Prefill + Stage 3 + decoding for one question about already-encoded visual input."""
-        params = sampling_params(max_new_tokens, sampling)
+        return self._answer(encoded, question, sampling_params(max_new_tokens, sampling), system_prompt, on_text,
+                            progress)
+
+    def _answer(self, encoded, question, params, system_prompt=engine.DEFAULT_SYSTEM_PROMPT, on_text=None,
+                progress=None) -> dict:
         pf = engine.prefill(encoded, question, self.config, system_prompt, progress=progress)
         if self.config.enable_cache_compression:
             pf = stage3.compress(pf)
@@ -82,17 +107,28 @@ class PruneVidQwen25VL:
 
     def generate(self, video_path: str | None = None, question: str = "", images: list | None = None,
                  max_new_tokens: int = 128, return_stats: bool = False, on_text=None, videos: list | None = None,
-                 **sampling):
+                 progress=None, on_status=None, **sampling):
         """Answer `question` about a video, several videos (videos=[a, b]) and/or images, all in one prompt.
 
-        Returns {"answer", "stats"} or just the answer string.
+        Everything is checked before the slow work: the question and the sampling values, then each video against
+        the token budget from its metadata (before decoding), then the whole prompt's budget (before a lazy model
+        load). progress(layer, layers) follows the prefill; on_status(text) hears each step ("reading ...",
+        "loading ...", "vision tower ..."). Returns {"answer", "stats"} or just the answer string.
         """
         if not isinstance(question, str) or not question.strip():
             raise InputError("question is empty: ask something about the video")
-        sampling_params(max_new_tokens, sampling)     # bad values fail before the video is read
+        params = sampling_params(max_new_tokens, sampling)     # bad values fail before the video is read
         t0 = time.perf_counter()
-        encoded = self.encode(video_path=video_path, images=images, videos=videos)
-        out = self.answer(encoded, question, max_new_tokens, on_text=on_text, **sampling)
+        visual = self.visuals(video_path, videos, images, on_status)
+        if self._model is None:                                 # a lazy load: the budget first, then the weights
+            engine.check_budget(visual, self.config, self.family)
+            if on_status:
+                on_status(f"loading {self.model_path} ...")
+        if on_status:
+            on_status(f"vision tower{' + Stage 1' if self.config.enable_stage1 else ''} on "
+                      f"{engine.describe(engine.visual_items(visual))} ...")
+        encoded = engine.encode(self.model, visual, self.config)
+        out = self._answer(encoded, question, params, on_text=on_text, progress=progress)
         out["stats"]["timings"]["end_to_end_s"] = time.perf_counter() - t0
         if self.config.verbose:
             print(stats.format_stats(out["stats"]))
@@ -201,12 +237,16 @@ class PruneVidQwen25VL:
         bp = batch.prefill_batch([encoded[b] for b in rows], [questions[b] for b in rows],
                                  self.config, [system_prompts[b] for b in rows], progress=progress)
         if self.config.enable_cache_compression:
-            bp = batch.compress_batch(bp)
+            bp = stage3.compress(bp)
         outs = batch.generate_batch(bp, [params[b] for b in rows])
         for j, (b, out) in enumerate(zip(rows, outs)):
             results[b] = {"answer": out["text"], "ids": out["ids"],
                           "stats": stats.final_stats(bp.stats[j], out["stats"]), "error": None}
         return results
+
+
+class PruneVidQwen25VL(PruneVid):
+    """The seed's name for PruneVid, kept for its users: it loads any supported family as PruneVid does."""
 
 
 def _try(fn, **kwargs):

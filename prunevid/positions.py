@@ -1,12 +1,13 @@
-"""Qwen2.5-VL's 3-D (M-RoPE) positions, computed with the original rule on every transformers version.
+"""Qwen2-VL's and Qwen2.5-VL's 3-D (M-RoPE) positions, computed with the original rule on every transformers version.
 
 A prompt is a sequence of pieces: text runs and vision blocks. Text advances all three axes together. A vision
 block of llm grid (t, h, w) starting at `start` gets
-    temporal = start + floor(group * second_per_grid_t * tokens_per_second)   (fractional until the floor)
+    temporal = start + floor(group * step)      step: 1 on Qwen2-VL (the group index), second_per_grid_t *
+                                                tokens_per_second on Qwen2.5-VL (fractional until the floor)
     height   = start + row,   width = start + col,
 and the next piece starts at max(all positions so far) + 1. transformers 5.x places text after a video at
-start + max(h, w) instead (ignoring the temporal extent), and 4.57 truncates second_per_grid_t to an integer
-before multiplying; both are avoided here.
+start + max(h, w) instead (ignoring the temporal extent), and 4.57 truncates Qwen2.5-VL's second_per_grid_t to an
+integer before multiplying; both are avoided here.
 """
 from __future__ import annotations
 
@@ -20,14 +21,17 @@ def text_positions(start: int, n: int) -> torch.Tensor:
     return (torch.arange(n) + start).expand(3, n).clone()
 
 
-def vision_positions(start: int, grid: tuple[int, int, int], second_per_grid_t: float,
-                     tokens_per_second: float) -> torch.Tensor:
+def vision_positions(start: int, grid: tuple[int, int, int], *step_factors: float) -> torch.Tensor:
     """[3, t*h*w] positions of a vision block in the tower's raster order (group, row, col).
 
-    grid: (t, h, w) in LLM tokens (after the 2x2 spatial merge). Images use second_per_grid_t = 0.
+    grid: (t, h, w) in LLM tokens (after the 2x2 spatial merge). The temporal step per group is the product of
+    step_factors (in float64): (1,) for Qwen2-VL, (second_per_grid_t, tokens_per_second) for Qwen2.5-VL; images
+    have one group, so their step does not matter.
     """
     t, h, w = grid
-    step = float(second_per_grid_t) * float(tokens_per_second)
+    step = 1.0
+    for factor in step_factors:
+        step *= float(factor)
     temporal = torch.tensor([math.floor(g * step) for g in range(t)], dtype=torch.long)
     tt = temporal.view(t, 1, 1).expand(t, h, w)
     hh = torch.arange(h).view(1, h, 1).expand(t, h, w)
@@ -38,7 +42,7 @@ def vision_positions(start: int, grid: tuple[int, int, int], second_per_grid_t: 
 def layout(pieces: list) -> tuple[torch.Tensor, int]:
     """Positions of a whole unpruned prompt.
 
-    pieces: a list of ("text", n) and ("vision", (t, h, w), second_per_grid_t, tokens_per_second).
+    pieces: a list of ("text", n) and ("vision", (t, h, w), *step_factors) (see vision_positions).
     Returns (positions [3, L], rope_delta): decoding step s continues at L + s + rope_delta on all three axes.
     """
     out, nxt = [], 0
@@ -56,7 +60,7 @@ def layout(pieces: list) -> tuple[torch.Tensor, int]:
 
 def mrope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, mrope_section: list[int],
                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary tables for 3-D positions, laid out the way Qwen2.5-VL's attention consumes them.
+    """Rotary tables for 3-D positions, laid out the way Qwen2-VL's and Qwen2.5-VL's attention consume them.
 
     positions: [3, L]; inv_freq: [head_dim / 2]; mrope_section: frequencies taken from the temporal, height and
     width axes in turn (sums to head_dim / 2). Returns (cos, sin), each [L, head_dim].

@@ -1,7 +1,7 @@
 """8-bit and 4-bit weights (bitsandbytes, through transformers' BitsAndBytesConfig), and what weights weigh.
 
 Only the language model's linear layers are quantised: q/k/v/o and the MLP of every decoder layer, which are about
-nine tenths of a Qwen2.5-VL's parameters. The vision tower, the embeddings, the norms and lm_head stay in the
+nine tenths of a Qwen2-VL's or Qwen2.5-VL's parameters (each family names what stays in its dtype: keep_in_dtype). The vision tower, the embeddings, the norms and lm_head stay in the
 model's dtype (the usual bitsandbytes practice for lm_head; for the vision tower no test here shows that
 quantising it is safe). 4-bit is NF4 with double quantisation, computing in the model's dtype (bf16 on GPUs that
 have it). The engine calls quantised layers like any other module: its own layer loop, and Stage 2's direct
@@ -17,9 +17,6 @@ import torch
 from .errors import ConfigError, ModelError
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
-# the modules kept in the model's dtype: "model.visual" is 5.x's name for the vision tower (it matches from the
-# start of a module name); 4.57 matches "model.visual." anywhere in the name, which is the same modules
-KEEP_IN_DTYPE = ["model.visual", "lm_head"]
 BLOCKSIZE_4BIT = 64            # NF4 block size: one 8-bit absmax per 64 weights (double quantisation),
 BLOCKSIZE_ABSMAX = 256         # and one float32 scale per 256 of those absmax values
 
@@ -30,8 +27,9 @@ def check(quantization: str) -> str:
     return quantization
 
 
-def bnb_config(quantization: str, compute_dtype: torch.dtype):
-    """transformers' BitsAndBytesConfig for `quantization` ("8bit" / "4bit"), None for "none".
+def bnb_config(quantization: str, compute_dtype: torch.dtype, keep_in_dtype: tuple):
+    """transformers' BitsAndBytesConfig for `quantization` ("8bit" / "4bit"), None for "none"; keep_in_dtype: the
+    module names left unquantised (the family's keep_in_dtype).
 
     Raises ModelError (one line, saying what to install) when bitsandbytes is missing: before any weight is read.
     """
@@ -46,9 +44,9 @@ def bnb_config(quantization: str, compute_dtype: torch.dtype):
     from transformers import BitsAndBytesConfig
     if quantization == "8bit":
         logging.getLogger("bitsandbytes.autograd._functions").addFilter(_drop_cast_notice)
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(KEEP_IN_DTYPE))
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(keep_in_dtype))
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=list(KEEP_IN_DTYPE))
+                              bnb_4bit_compute_dtype=compute_dtype, llm_int8_skip_modules=list(keep_in_dtype))
 
 
 def _drop_cast_notice(record: logging.LogRecord) -> bool:
@@ -94,20 +92,19 @@ def _quantised_bytes(numel: int, out_features: int, quantization: str) -> int:
 
 
 def estimate_weight_bytes(config: dict, quantization: str = "none", dtype: torch.dtype = torch.bfloat16) -> int:
-    """Analytic weight bytes of a Qwen2.5-VL checkpoint from its config.json, loaded with `quantization`.
+    """Analytic weight bytes of a checkpoint of a supported family from its config.json, loaded with `quantization`.
 
     Builds the model on the meta device (no memory, no weights) and counts: the decoder layers' linear weights
     at 1 byte (8-bit, plus a float32 scale per row) or about 0.52 byte (4-bit NF4, block size 64, double
     quantisation) each, everything else (vision tower, embeddings, lm_head, norms, biases) at `dtype`'s size,
     the rotary tables (float32 buffers) at theirs.
     """
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from . import families
     check(quantization)
-    cfg = Qwen2_5_VLConfig(**json.loads(json.dumps(config)))
-    with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration(cfg)
+    family = families.family(config.get("model_type"))
+    model = family.meta_model(config)
     size = torch.tensor([], dtype=dtype).element_size()
-    layers = model.model.language_model.layers
+    layers = family.llm_of(model).layers
     quantised = {id(m.weight): m.weight for m in layers.modules() if isinstance(m, torch.nn.Linear)}
     total = 0
     for p in {id(p): p for p in model.parameters()}.values():
@@ -120,7 +117,7 @@ def estimate_weight_bytes(config: dict, quantization: str = "none", dtype: torch
 
 def planned_weight_bytes(source: str, quantization: str, dtype: torch.dtype) -> int | None:
     """estimate_weight_bytes for a local folder, or a hub id already in the Hugging Face cache, before loading it;
-    None when its config.json is not at hand (a hub id still to download) or is not a Qwen2.5-VL one."""
+    None when its config.json is not at hand (a hub id still to download) or is not of a supported family."""
     from pathlib import Path
 
     from transformers.utils import cached_file
@@ -130,6 +127,7 @@ def planned_weight_bytes(source: str, quantization: str, dtype: torch.dtype) -> 
         config = json.loads(Path(path).read_text()) if path else None
     except (OSError, ValueError):
         return None
-    if not config or config.get("model_type") != "qwen2_5_vl":
+    from . import families
+    if not config or config.get("model_type") not in families.FAMILIES:
         return None
     return estimate_weight_bytes(config, quantization, dtype)

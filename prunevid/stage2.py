@@ -10,38 +10,28 @@ import math
 
 import torch
 
-from .positions import rotate
-
 
 @torch.no_grad()
-def question_attention(layer, hidden: torch.Tensor, query_start: int, video_cols: torch.Tensor,
-                       aggregation: str = "max", rope: tuple | None = None) -> torch.Tensor:
-    """How much the question attends to each video token at this decoder layer.
+def question_attention(q: torch.Tensor, k: torch.Tensor, video_cols: torch.Tensor, aggregation: str = "max",
+                       causal: bool = False) -> torch.Tensor:
+    """How much the question attends to each video token at a decoder layer.
 
-    layer: a Qwen2.5-VL decoder layer (its input_layernorm and self_attn projections are used).
-    hidden: [L, D] the layer's input hidden states. query_start: first query row (question + template tail).
-    video_cols: [N] long, sequence indices of the video tokens.
+    q: [H, Q, hd] queries of the last Q rows of the sequence (question + template tail), k: [KV, L, hd] keys of all
+    L rows, as the layer's attention computes them (the family's attention_qk: q/k norms, grouped-query layout
+    with the query heads of one KV head contiguous). video_cols: [N] long, sequence indices of the video tokens.
     aggregation: "max" (over heads and query tokens, the paper's max-max) or "mean".
-    rope: None scores with q, k before RoPE and no causal mask (the authors' code); (cos, sin), each
-    [L, head_dim], scores ordinary causal attention with RoPE (the paper's wording).
+    causal: query row i (absolute L - Q + i) sees keys <= its own index (scoring with RoPE, the paper's wording);
+    False scores every key (q, k before RoPE and no mask: the authors' code).
     Returns [N] float32 scores. Peak extra memory is one KV head's [groups * queries, L] block.
     """
-    attn = layer.self_attn
-    x = layer.input_layernorm(hidden[None])[0]                             # [L, D]
-    L = x.shape[0]
-    hd = attn.head_dim
-    q = attn.q_proj(x[query_start:]).view(L - query_start, -1, hd).transpose(0, 1)   # [H, Q, hd]
-    k = attn.k_proj(x).view(L, -1, hd).transpose(0, 1)                               # [KV, L, hd]
-    if rope is not None:
-        cos, sin = rope
-        q, k = rotate(q, cos[query_start:], sin[query_start:]), rotate(k, cos, sin)
-    kv_heads, Q = k.shape[0], q.shape[1]
+    kv_heads, L = k.shape[0], k.shape[1]
+    Q, hd = q.shape[1], q.shape[2]
     q = q.reshape(kv_heads, -1, hd)              # query heads sharing a KV head are contiguous: [KV, G*Q, hd]
 
     mask = None
-    if rope is not None:  # causal: query row i (absolute query_start + i) sees keys <= its own index
-        rows = torch.arange(query_start, L, device=x.device).repeat(q.shape[1] // Q)
-        mask = torch.arange(L, device=x.device)[None, :] > rows[:, None]
+    if causal:
+        rows = torch.arange(L - Q, L, device=q.device).repeat(q.shape[1] // Q)
+        mask = torch.arange(L, device=q.device)[None, :] > rows[:, None]
 
     out = None
     for h in range(kv_heads):                    # one KV head at a time bounds the peak memory

@@ -8,17 +8,32 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
+
+from .kv_cache import pad_rows
+
 
 def compress(prefill):
-    """A new Prefill whose layers 0..M cache only the kept sequence positions; the input is not modified.
+    """A new prefill whose layers 0..M cache only each row's kept sequence positions; the input is not modified.
 
-    A prefill without Stage 2 selection (pruning_layer -1) or already compressed is returned as is.
+    prefill: an engine.Prefill (one prompt) or a batch.BatchPrefill (rows right-padded; a row with fewer kept
+    positions repeats a valid one in its padding columns, which decoding masks). Without a Stage 2 selection
+    (pruning_layer -1), or already compressed, the input is returned as is.
     """
     if prefill.pruning_layer < 0 or prefill.compressed:
         return prefill
-    keep = prefill.keep_seq.to(prefill.cache.keys[0].device)
-    cache = prefill.cache.sliced(range(prefill.pruning_layer + 1), keep)
-    stats = dict(prefill.stats)
-    stats["stage3"] = {**stats["stage3"], "enabled": True, "kv_bytes_after": cache.nbytes(),
-                       "reduction_ratio": 1 - cache.nbytes() / max(1, stats["stage3"]["kv_bytes_before"])}
-    return replace(prefill, cache=cache, compressed=True, stats=stats)
+    single = not isinstance(prefill.keep_seq, list)
+    keep = [prefill.keep_seq] if single else prefill.keep_seq
+    row_stats = [prefill.stats] if single else prefill.stats
+    lengths = (torch.tensor(prefill.cache.lengths)[:, None] if single else prefill.lengths).clone()
+    layers = range(prefill.pruning_layer + 1)
+    cache = prefill.cache.gathered(layers, pad_rows(keep))
+    lengths[layers.start:layers.stop] = torch.tensor([k.numel() for k in keep])
+    new_stats = []
+    for b, st in enumerate(row_stats):
+        after = cache.row_nbytes(lengths[:, b])
+        new_stats.append({**st, "stage3": {**st["stage3"], "enabled": True, "kv_bytes_after": after,
+                                           "reduction_ratio": 1 - after / max(1, st["stage3"]["kv_bytes_before"])}})
+    if single:
+        return replace(prefill, cache=cache, stats=new_stats[0], compressed=True)
+    return replace(prefill, cache=cache, lengths=lengths, stats=new_stats, compressed=True)

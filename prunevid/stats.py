@@ -3,16 +3,10 @@
 FLOPs of one decoder layer for n tokens (multiply-add = 2 FLOPs), with hidden d, KV width d_kv, MLP width d_ff:
     F(n) = n * (4 d^2 + 4 d d_kv + 6 d d_ff) + 4 n^2 d
 (q, o projections 4d^2; k, v projections 4 d d_kv; gated MLP 6 d d_ff; scores and weighted sum 4 n^2 d).
-For Qwen2.5-VL-7B: F(n) = 466 092 032 n + 14 336 n^2.
+For Qwen2.5-VL-7B: F(n) = 466 092 032 n + 14 336 n^2. Each family lists the shapes of its released language
+models (VideoLLM.flops_shapes); the stats give the ratio for each at the same relative pruning depth.
 """
 from __future__ import annotations
-
-# (layers, d, d_kv, d_ff) of the released language models
-QWEN25VL_DIMS = {
-    "Qwen2.5-VL-3B": (36, 2048, 256, 11008),
-    "Qwen2.5-VL-7B": (28, 3584, 512, 18944),
-    "Qwen2.5-VL-32B": (64, 5120, 1024, 27648),
-}
 
 
 def layer_flops(n: int, d: int, d_kv: int, d_ff: int) -> float:
@@ -39,12 +33,6 @@ def flops_ratio(layers: int, d: int, d_kv: int, d_ff: int, unpruned: int, merged
     return ours / base
 
 
-def model_dims(qm) -> tuple:
-    tc = qm.text_config
-    head_dim = tc.hidden_size // tc.num_attention_heads
-    return qm.num_layers, tc.hidden_size, tc.num_key_value_heads * head_dim, tc.intermediate_size
-
-
 def video_stats(encoded) -> dict | None:
     """The timing Qwen was given for the (first) video, None for images only: what a run can be checked against.
 
@@ -67,9 +55,11 @@ def videos_stats(encoded, kept_visual=None) -> list:
         start, offset = offset, offset + it.tokens.num_tokens
         if it.kind != "video":
             continue
-        t, h, w = it.grid                   # LLM tokens: one per 28x28 pixels and 2 frames
-        frames, height, width = (it.frames.shape[:3] if it.frames is not None else (2 * t, 28 * h, 28 * w))
-        out.append({"frames": int(frames), "fps": 2 / it.second_per_grid_t if it.second_per_grid_t else None,
+        t, h, w = it.grid                   # LLM tokens (Qwen2-VL, Qwen2.5-VL: one per 28x28 pixels and 2 frames)
+        f, tp = encoded.model.token_factor(), encoded.model.temporal_patch_size
+        frames, height, width = (it.frames.shape[:3] if it.frames is not None else (tp * t, f * h, f * w))
+        out.append({"frames": int(frames),
+                    "fps": tp / it.second_per_grid_t if it.second_per_grid_t else None,
                     "seconds_per_temporal_group": it.second_per_grid_t, "temporal_groups": t,
                     "frame_size": [int(width), int(height)], "tokens_per_group": h * w,
                     "source": getattr(it, "source", None), "notes": list(getattr(it, "notes", []))})
@@ -80,16 +70,18 @@ def videos_stats(encoded, kept_visual=None) -> list:
     return out
 
 
-def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, cache) -> dict:
-    """The stats dictionary of one prefill (Stage 3 fills in its part when it runs)."""
+def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, kv_bytes: int) -> dict:
+    """The stats dictionary of one prefill (Stage 3 fills in its part when it runs); kv_bytes: what its cache
+    holds."""
     n0, n1, n2 = encoded.original_tokens, encoded.merged_tokens, int(kept_visual.numel())
     L0, L1, L2 = seq.unpruned_length, seq.embeds.shape[0], int(keep_seq.numel())
     text = L0 - n0
     M = config.pruning_layer if n2 < n1 else -1
-    layers, d, d_kv, d_ff = model_dims(qm)
+    layers, d, d_kv, d_ff = qm.dims()
     segments = [len(it.tokens.segments) for it in encoded.items]
     static = sum(it.tokens.static_locations for it in encoded.items)
     out = {
+        "family": qm.display_name,
         "stage1": {"enabled": encoded.stage1 is not None, "original_tokens": n0, "compressed_tokens": n1,
                    "reduction_percentage": 100.0 * (1 - n1 / max(1, n0)), "static_ratio": static / max(1, n0),
                    "segments": sum(segments) if encoded.stage1 else 0},
@@ -99,19 +91,23 @@ def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, cache) -> dic
                    "keep_ratio": config.keep_ratio if M >= 0 else None, "kept_fraction": n2 / max(1, n1),
                    "pruning_layer": config.pruning_layer if M >= 0 else None},
         # kv_bytes_unpruned: what the unpruned prompt would cache (all layers, every token), for the real ratio
-        "stage3": {"enabled": False, "kv_bytes_before": cache.nbytes(), "kv_bytes_after": cache.nbytes(),
+        "stage3": {"enabled": False, "kv_bytes_before": kv_bytes, "kv_bytes_after": kv_bytes,
                    "reduction_ratio": 0.0, "kv_bytes_unpruned": L0 * layers * 2 * d_kv * qm.dtype.itemsize},
         "tokens": {"video_original": n0, "video_after_stage1": n1, "video_after_stage2": n2,
                    "retention": n2 / max(1, n0), "text": text, "sequence_unpruned": L0,
                    "sequence_after_stage1": L1, "sequence_after_stage2": L2},
-        "flops": {"this_model_ratio": flops_ratio(layers, d, d_kv, d_ff, L0, L1, L2, M)},
+        # the ratio for this model, and for each released shape of its family at the same relative depth;
+        # reference: the family's headline shape (its 7B)
+        "flops": {"this_model_ratio": flops_ratio(layers, d, d_kv, d_ff, L0, L1, L2, M),
+                  "reference": next(iter(qm.flops_shapes))},
         "video": video_stats(encoded),
         "weights": weights(qm),
         "videos": videos_stats(encoded, kept_visual),   # one entry per video of the prompt, with its own tokens
     }
-    for name, (nl, dd, dkv, dff) in QWEN25VL_DIMS.items():
+    for name, (nl, dd, dkv, dff) in qm.flops_shapes.items():
         m = -1 if M < 0 else round(M * nl / layers)   # the same relative depth
         out["flops"][f"{name}_ratio"] = flops_ratio(nl, dd, dkv, dff, L0, L1, L2, m)
+    out["flops"]["reference_ratio"] = out["flops"][f"{out['flops']['reference']}_ratio"]
     return out
 
 
@@ -172,7 +168,7 @@ def format_stats(stats: dict) -> str:
         f"KV cache vs unpruned prompt: {s3['kv_bytes_after'] / 2**20:.2f} / {s3['kv_bytes_unpruned'] / 2**20:.2f} MiB "
         f"({100 * s3['kv_bytes_after'] / max(1, s3['kv_bytes_unpruned']):.1f}%)",
         f"Video tokens kept: {100 * stats['tokens']['retention']:.1f}%; LLM prefill FLOPs vs unpruned: "
-        f"{stats['flops']['this_model_ratio']:.3f}x (Qwen2.5-VL-7B shape: {stats['flops']['Qwen2.5-VL-7B_ratio']:.3f}x)",
+        f"{stats['flops']['this_model_ratio']:.3f}x ({_reference(stats['flops'])})",
         f"Time: vision {t['vision_s']:.2f}s, stage 1 {t['stage1_s']:.2f}s, prefill {t['prefill_s']:.2f}s, "
         f"time to first token {t.get('time_to_first_token_s', 0):.2f}s, decode {t.get('tokens_per_s', 0):.1f} tok/s",
     ]
@@ -182,3 +178,9 @@ def format_stats(stats: dict) -> str:
 def _name(source, i: int) -> str:
     """A video's file name for the summary (frames without a file: "video N")."""
     return str(source).replace("\\", "/").rsplit("/", 1)[-1] if source else f"video {i + 1}"
+
+
+def _reference(flops: dict) -> str:
+    """"Qwen2.5-VL-7B shape: 0.310x" (stats from a server running an older pack name no reference)."""
+    name = flops.get("reference", "Qwen2.5-VL-7B")
+    return f"{name} shape: {flops[f'{name}_ratio']:.3f}x"

@@ -1,4 +1,9 @@
-"""Shared fixtures: the tiny random Qwen2.5-VL built on disk, real sample video clips, the pack as ComfyUI loads it."""
+"""Shared fixtures: the tiny random checkpoints built on disk (Qwen2.5-VL, and one of every family for the tests
+that run over all of them), real sample video clips, the pack as ComfyUI loads it.
+
+A test module runs over every family by overriding `tiny_model_dir` and `qm` with `family_model_dir` and
+`family_qm` (see test_engine.py): each of its tests then runs once per family, with the family's id in its name.
+"""
 import importlib.util
 from pathlib import Path
 
@@ -16,10 +21,26 @@ def tiny_model_dir():
     return tiny_model_path()
 
 
+FAMILIES = ("qwen2_5_vl", "qwen2_vl")          # every supported family (prunevid.families.FAMILIES)
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def family_model_dir(request):
+    """The tiny checkpoint of each family in turn."""
+    from prunevid.loader import resolve_model
+    return Path(resolve_model(f"tiny:{request.param}"))
+
+
+@pytest.fixture(scope="session")
+def family_qm(family_model_dir):
+    from prunevid import loader
+    return loader.load(str(family_model_dir), dtype="fp32", device="cpu")
+
+
 @pytest.fixture(scope="session")
 def qm(tiny_model_dir):
-    from prunevid import qwen
-    return qwen.load(str(tiny_model_dir), dtype="fp32", device="cpu")
+    from prunevid import loader
+    return loader.load(str(tiny_model_dir), dtype="fp32", device="cpu")
 
 
 @pytest.fixture(scope="session")

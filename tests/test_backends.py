@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from prunevid import engine, qwen, stage3
+from prunevid import adapter, engine, loader, stage3
 from prunevid.config import PRESETS, get_baseline_config, get_stage2_only_config
 from prunevid.errors import ModelError
 from prunevid.video import to_patches
@@ -25,7 +25,7 @@ def models(tiny_model_dir):
 
     def get(attention="sdpa", dtype="fp32"):
         if (attention, dtype) not in cache:
-            cache[attention, dtype] = qwen.load(str(tiny_model_dir), dtype=dtype, device="cpu", attention=attention)
+            cache[attention, dtype] = loader.load(str(tiny_model_dir), dtype=dtype, device="cpu", attention=attention)
         return cache[attention, dtype]
     return get
 
@@ -39,7 +39,7 @@ def run(qm, clip, preset, new_tokens=4):
 
 
 # flash_attention_2 cannot run on a CPU: the loader resolves it to sdpa here, which the next test still covers
-@pytest.mark.parametrize("attention", [a for a in qwen.ATTENTIONS if a not in ("sdpa", "flash_attention_2")])
+@pytest.mark.parametrize("attention", [a for a in loader.ATTENTIONS if a not in ("sdpa", "flash_attention_2")])
 def test_every_offered_attention_gives_the_sdpa_prefill_for_every_preset(models, clip, attention):
     sdpa, other = models("sdpa"), models(attention)
     for preset in PRESETS:
@@ -50,7 +50,7 @@ def test_every_offered_attention_gives_the_sdpa_prefill_for_every_preset(models,
         assert ids == ref_ids, preset
 
 
-@pytest.mark.parametrize("attention", qwen.ATTENTIONS)
+@pytest.mark.parametrize("attention", loader.ATTENTIONS)
 def test_prefill_equals_transformers_forward_with_the_same_attention(models, clip, attention):
     qm = models(attention)
     cfg = get_baseline_config()
@@ -68,26 +68,26 @@ def test_prefill_equals_transformers_forward_with_the_same_attention(models, cli
 def test_eager_gets_a_causal_mask_that_continues_after_the_cache(models):
     layer = models("eager").layers[0]
     cache = types.SimpleNamespace(get_seq_length=lambda i: 3)
-    mask = qwen.causal_mask(layer, torch.zeros(1, 2, 8), cache)
+    mask = adapter.causal_mask(layer, torch.zeros(1, 2, 8), cache)
     assert mask.shape == (1, 1, 2, 5)
     allowed = mask[0, 0] == 0
     assert allowed.tolist() == [[True] * 4 + [False], [True] * 5]
-    assert qwen.causal_mask(layer, torch.zeros(1, 1, 8), cache) is None          # one token sees the whole cache
-    assert qwen.causal_mask(models("sdpa").layers[0], torch.zeros(1, 2, 8), cache) is None   # sdpa is causal
+    assert adapter.causal_mask(layer, torch.zeros(1, 1, 8), cache) is None          # one token sees the whole cache
+    assert adapter.causal_mask(models("sdpa").layers[0], torch.zeros(1, 2, 8), cache) is None   # sdpa is causal
 
 
 def test_flash_attention_is_chosen_only_where_it_can_run(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setitem(sys.modules, "flash_attn", None)                      # not installed
-    assert qwen.resolve_attention("flash_attention_2", cuda, torch.bfloat16) == "sdpa"
+    assert loader.resolve_attention("flash_attention_2", cuda, torch.bfloat16) == "sdpa"
     monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
-    assert qwen.resolve_attention("flash_attention_2", cuda, torch.bfloat16) == "flash_attention_2"
-    assert qwen.resolve_attention("auto", cuda, torch.float16) == "flash_attention_2"
-    assert qwen.resolve_attention("auto", cpu, torch.float32) == "sdpa"
+    assert loader.resolve_attention("flash_attention_2", cuda, torch.bfloat16) == "flash_attention_2"
+    assert loader.resolve_attention("auto", cuda, torch.float16) == "flash_attention_2"
+    assert loader.resolve_attention("auto", cpu, torch.float32) == "sdpa"
     with pytest.raises(ModelError, match="flash_attention_2 runs only on CUDA in bf16 or fp16, not on cpu in float32"):
-        qwen.resolve_attention("flash_attention_2", cpu, torch.float32)
+        loader.resolve_attention("flash_attention_2", cpu, torch.float32)
     with pytest.raises(ModelError, match="attention must be"):
-        qwen.resolve_attention("flash", cpu, torch.float32)
+        loader.resolve_attention("flash", cpu, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])

@@ -51,7 +51,7 @@ def one_at_a_time(encoded, cfg, p):
 def batched(encoded, cfg, p):
     bp = batch.prefill_batch(encoded, QUESTIONS, cfg)
     if cfg.enable_cache_compression:
-        bp = batch.compress_batch(bp)
+        bp = stage3.compress(bp)
     return bp, batch.generate_batch(bp, p, return_logits=True)
 
 
@@ -103,7 +103,7 @@ def test_each_row_stops_at_its_own_end_token(qm, encodings):
 
 def test_a_batched_prefill_is_never_mutated(qm, encodings):
     cfg = get_paper_config()
-    bp = batch.compress_batch(batch.prefill_batch(encodings(cfg), QUESTIONS, cfg))
+    bp = stage3.compress(batch.prefill_batch(encodings(cfg), QUESTIONS, cfg))
     lengths = list(bp.cache.lengths)
     first = batch.generate_batch(bp, params())
     second = batch.generate_batch(bp, params())
@@ -163,8 +163,8 @@ def test_encode_batch_and_answer_batch(model, sample_video, tmp_path):
 @pytest.mark.parametrize("preset", ["paper", "no_cache_compression"])
 def test_eager_attention_batches_too(tiny_model_dir, visuals, preset):
     """eager attention adds only the masks it is given: the causal one in prefill, the padding one in decoding."""
-    from prunevid import qwen
-    eager = qwen.load(str(tiny_model_dir), dtype="fp32", device="cpu", attention="eager")
+    from prunevid import loader
+    eager = loader.load(str(tiny_model_dir), dtype="fp32", device="cpu", attention="eager")
     cfg = get_preset(preset)
     encoded = [engine.encode(eager, v, cfg) for v in visuals]
     alone = one_at_a_time(encoded, cfg, params())

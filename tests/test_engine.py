@@ -1,31 +1,48 @@
-"""The engine's equivalence properties (architecture.md) on the tiny random Qwen2.5-VL and a real video."""
+"""The engine's equivalence properties (architecture.md) on the tiny random checkpoint of every family and a real
+video."""
 import dataclasses
 import inspect
 
 import pytest
 import torch
 
-from prunevid import engine, positions as P, stage2, stage3
+from prunevid import engine, stage2, stage3
 from prunevid.config import get_baseline_config, get_paper_config, get_stage1_only_config
 from prunevid.errors import BudgetError, ConfigError, InputError, ModelError
-from prunevid.video import to_patches
 
 Q = "What is the rabbit doing in this video?"
 
 
+@pytest.fixture(scope="module")
+def tiny_model_dir(family_model_dir):       # every test here runs once per family
+    return family_model_dir
+
+
+@pytest.fixture(scope="module")
+def qm(family_qm):
+    return family_qm
+
+
 def transformers_inputs(qm, encoded, clip):
     ids = engine.reference_input_ids(qm, encoded, Q)
-    pixels, thw = to_patches(clip.frames, qm.image_mean, qm.image_std)
+    pixels, thw = qm.patches(clip.frames)
     return ids, pixels, torch.tensor([thw])
 
 
 def our_layout(qm, encoded, ids):
     """The unpruned positions from our rule, for the same ids (one video)."""
     it = encoded.items[0]
-    video = (ids == qm.token_id("<|video_pad|>")).nonzero().squeeze(1)
+    video = (ids == qm.token_id(qm.pad_token("video"))).nonzero().squeeze(1)
     first, n = int(video[0]), video.numel()
-    return P.layout([("text", first), ("vision", it.grid, it.second_per_grid_t, qm.tokens_per_second),
-                     ("text", ids.numel() - first - n)])
+    return qm.positions([("text", first), ("vision", it.grid, it.second_per_grid_t),
+                         ("text", ids.numel() - first - n)])
+
+
+def timing_kwargs(qm, encoded, rope_index) -> dict:
+    """second_per_grid_ts for the families whose transformers code takes it (timed temporal positions)."""
+    if "second_per_grid_ts" not in inspect.signature(rope_index).parameters:
+        return {}
+    return {"second_per_grid_ts": torch.tensor([it.second_per_grid_t for it in encoded.items if it.kind == "video"])}
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +75,10 @@ def test_all_stages_off_greedy_tokens_equal_model_generate(qm, clip, baseline):
     pos, _ = our_layout(qm, baseline, ids)
     # transformers computes its own positions inside generate(): use it only where its layout equals ours
     rope_index = qm.model.model.get_rope_index
-    kwargs = dict(video_grid_thw=thw, second_per_grid_ts=torch.tensor([baseline.items[0].second_per_grid_t]))
+    kwargs = dict(video_grid_thw=thw, **timing_kwargs(qm, baseline, rope_index))
     extra = {}
     if "mm_token_type_ids" in inspect.signature(rope_index).parameters:        # transformers 5.x
-        extra["mm_token_type_ids"] = (ids == qm.token_id("<|video_pad|>")).long()[None] * 2
+        extra["mm_token_type_ids"] = (ids == qm.token_id(qm.pad_token("video"))).long()[None] * 2
     theirs, _ = rope_index(ids[None], **extra, **kwargs)
     assert torch.equal(theirs[:, 0], pos), "precondition: transformers' layout equals ours for this clip"
 
@@ -79,7 +96,7 @@ def test_merged_and_kept_tokens_carry_their_representatives_unpruned_positions(q
     seq = engine.assemble(qm, paper, Q, engine.DEFAULT_SYSTEM_PROMPT)
     ids = engine.reference_input_ids(qm, paper, Q)
     full, delta = our_layout(qm, paper, ids)
-    video = (ids == qm.token_id("<|video_pad|>")).nonzero().squeeze(1)
+    video = (ids == qm.token_id(qm.pad_token("video"))).nonzero().squeeze(1)
     rep = paper.items[0].tokens.rep_index
     assert torch.equal(seq.positions[:, seq.visual_cols], full[:, video[rep]])
     # text before and after the video keeps its unpruned positions; decoding continues after the unpruned layout
@@ -100,7 +117,7 @@ def uncached_reference_logits(qm, encoded, question, cfg, pf, new_ids, compresse
     Layers 0..M see every prompt token (causal); a generated token there sees only kept ones when the cache is
     compressed. Layers > M see kept prompt tokens and the generated ones.
     """
-    from prunevid import qwen
+    from prunevid import loader
     seq = engine.assemble(qm, encoded, question, engine.DEFAULT_SYSTEM_PROMPT)
     emb = qm.language_model.embed_tokens
     h = torch.cat([seq.embeds, emb(torch.tensor(new_ids))])[None]
@@ -115,7 +132,7 @@ def uncached_reference_logits(qm, encoded, question, cfg, pf, new_ids, compresse
     keep = torch.cat([pf.keep_seq, torch.arange(L, L + G)])
     M = pf.pruning_layer
     with torch.no_grad():
-        rope = qwen.rotary(qm, h, pos)
+        rope = qm.rotary(h, pos)
         for i, layer in enumerate(qm.layers):
             mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))[None, None]
             out = layer(h, attention_mask=mask, position_embeddings=rope)
@@ -178,8 +195,7 @@ def test_stage2_scores_the_input_of_layer_m(qm, paper, with_rope):
     with torch.no_grad():
         hidden = qm.language_model(inputs_embeds=seq.embeds[None], position_ids=seq.positions[:, None],
                                    output_hidden_states=True, use_cache=False).hidden_states
-        rope = (P.mrope_cos_sin(seq.positions, qm.language_model.rotary_emb.inv_freq, qm.mrope_section, torch.float32)
-                if with_rope else None)
+        rope = qm.score_rope(seq.positions, torch.float32) if with_rope else None
         ref = {m: full_reference(qm.layers[m], hidden[m][0], seq.query_start, seq.visual_cols, "max", rope)
                for m in (M - 1, M, M + 1)}
     assert torch.allclose(pf.scores, ref[M], rtol=1e-4, atol=1e-6), (pf.scores - ref[M]).abs().max()
@@ -223,10 +239,10 @@ def test_no_deprecated_transformers_calls(qm, paper):
 
 
 def test_token_budget_is_counted_without_the_model(qm, clip, paper):
-    assert engine.visual_token_count(clip) == paper.original_tokens
+    assert engine.visual_token_count(clip, type(qm)) == paper.original_tokens
     images = [clip.frames[0].numpy(), clip.frames[1, :56, :84]]          # numpy and torch, two sizes
     encoded = engine.encode(qm, iter(images), get_paper_config())         # any iterable, counted once
-    assert engine.visual_token_count(images) == encoded.original_tokens
+    assert engine.visual_token_count(images, type(qm)) == encoded.original_tokens
     with pytest.raises(BudgetError):
         engine.encode(qm, iter(images), get_paper_config(max_video_tokens=4))
 
@@ -245,10 +261,10 @@ def test_bad_inputs_get_clear_errors(qm, clip, paper, tmp_path):
     with pytest.raises(ConfigError, match="keep_ratio"):
         get_paper_config(keep_ratio=1.5)
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
-    from prunevid import qwen
+    from prunevid import loader
     with pytest.raises(ModelError, match="model_type 'llama'"):
-        qwen.load(str(tmp_path))
+        loader.load(str(tmp_path))
     with pytest.raises(ModelError, match="does not exist"):
-        qwen.load(str(tmp_path / "nope"))
+        loader.load(str(tmp_path / "nope"))
     with pytest.raises(BudgetError, match="max_video_tokens=8"):
         engine.encode(qm, clip, get_paper_config(max_video_tokens=8))

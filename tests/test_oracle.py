@@ -12,7 +12,7 @@ import torch
 from benchmarks.accuracy import data, evaluate
 from benchmarks.accuracy import model as M
 from benchmarks.accuracy.train import CHECKPOINT
-from prunevid import engine, qwen
+from prunevid import engine, loader
 from prunevid.config import get_baseline_config
 
 N_PER_TYPE = 40                       # 160 held-out clips
@@ -23,7 +23,7 @@ SELECTION_GAP = 0.12                  # Stage 2's choice beats the least attende
 
 @pytest.fixture(scope="module")
 def oracle():
-    return qwen.load(str(CHECKPOINT), dtype="fp32", device="cpu")
+    return loader.load(str(CHECKPOINT), dtype="fp32", device="cpu")
 
 
 def test_checkpoint_is_small_and_loads_like_any_qwen25vl():
@@ -83,5 +83,5 @@ def test_the_trainer_writes_a_checkpoint_that_loads_and_logs_its_run(tmp_path):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[0]["run"]["args"]["steps"] == 2 and log[0]["run"]["code"]["transformers"]
     assert log[-1]["done"]["steps"] == 2
-    qm = qwen.load(str(out), dtype="fp32", device="cpu")
+    qm = loader.load(str(out), dtype="fp32", device="cpu")
     assert qm.num_layers == M.SIZES["num_hidden_layers"]

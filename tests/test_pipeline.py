@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from prunevid import PruneVidQwen25VL, cli, engine, get_baseline_config, get_paper_config, pipeline, qwen
+from prunevid import PruneVidQwen25VL, cli, engine, get_baseline_config, get_paper_config, loader, pipeline
 from prunevid.errors import ConfigError, InputError, VideoError
 
 Q = "What happens in this video?"
@@ -161,7 +161,7 @@ def test_cli_checks_generation_parameters_before_the_video_and_the_model(monkeyp
     def never(*a, **kw):
         raise AssertionError("the video was read or the model loaded before the parameters were checked")
     monkeypatch.setattr(pipeline, "read_video", never)
-    monkeypatch.setattr(qwen, "load", never)
+    monkeypatch.setattr(loader, "load", never)
     for flags, message in [(["--max-new-tokens", "0"], "max_new_tokens must be an integer in [1, 8192], got 0"),
                            (["--do-sample", "--temperature", "0"], "temperature must be in (0, 10], got 0.0"),
                            (["--do-sample", "--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
@@ -201,7 +201,7 @@ def test_cli_status_line_gives_way_to_the_answer_on_a_terminal(tiny_model_dir, m
 
 HUB_LOAD = """
 import socket, sys
-from prunevid import qwen
+from prunevid import loader
 from prunevid.errors import ModelError
 attempts = []                      # every TCP connection the process tries (the hub is the only server around)
 connect = socket.socket.connect
@@ -210,7 +210,7 @@ def counting_connect(sock, address):
     return connect(sock, address)
 socket.socket.connect = counting_connect
 try:
-    qm = qwen.load(sys.argv[1], dtype="fp32", device="cpu")
+    qm = loader.load(sys.argv[1], dtype="fp32", device="cpu")
     print("loaded", qm.model.config.model_type, qm.num_layers)
 except ModelError as e:
     print("ModelError", e)
@@ -245,7 +245,7 @@ def test_hub_id_loads_from_the_hf_cache_when_the_hub_is_unreachable(tiny_model_d
 
 def test_hub_probe_goes_through_the_proxy_the_hub_client_would_use(monkeypatch):
     import socket
-    from prunevid import hub, qwen
+    from prunevid import hub, loader
     from prunevid.errors import ModelError
     with socket.socket() as proxy:                 # a listening "proxy"; the hub host itself does not resolve
         proxy.bind(("127.0.0.1", 0))
@@ -258,4 +258,4 @@ def test_hub_probe_goes_through_the_proxy_the_hub_client_would_use(monkeypatch):
         monkeypatch.setenv("NO_PROXY", "hub.invalid")
         assert not hub._reachable("https://hub.invalid")
     with pytest.raises(ModelError, match="neither a local folder nor a valid hub id"):
-        qwen.load("someone/bad..name")
+        loader.load("someone/bad..name")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import live_tensor_bytes
-from prunevid import batch, engine, placement, quantize, qwen, stage3
+from prunevid import batch, engine, loader, placement, quantize, stage3
 from prunevid.config import PRESETS, get_preset
 from prunevid.errors import ConfigError
 
@@ -26,10 +26,10 @@ def device_map(num_layers: int) -> dict:
 
 @pytest.fixture(scope="module")
 def offloaded(tiny_model_dir, qm, tmp_path_factory):
-    om = qwen.load(str(tiny_model_dir), dtype="fp32", device_map=device_map(qm.num_layers),
+    om = loader.load(str(tiny_model_dir), dtype="fp32", device_map=device_map(qm.num_layers),
                    offload_folder=str(tmp_path_factory.mktemp("offload")))
     yield om
-    qwen.free(om)
+    loader.free(om)
 
 
 def run(model, clip, preset):
@@ -60,7 +60,7 @@ def test_offloaded_model_equals_the_plain_model(qm, offloaded, clip, preset):
 
 @pytest.mark.parametrize("preset", ["paper", "baseline"])
 def test_an_offloaded_model_batches_as_the_plain_model(qm, offloaded, clip, preset):
-    """prefill_batch / compress_batch / generate_batch on layers whose weights come from disk for each call (Stage 2
+    """prefill_batch / stage3.compress / generate_batch on layers whose weights come from disk for each call (Stage 2
     scores every row with layer M's own projections): every row equals the plain model's batch."""
     from prunevid.video import load_video, sample_video_path
     cfg = get_preset(preset)
@@ -70,7 +70,7 @@ def test_an_offloaded_model_batches_as_the_plain_model(qm, offloaded, clip, pres
     def run_batch(model):
         bp = batch.prefill_batch([engine.encode(model, v, cfg) for v in (clip, bikes)], questions, cfg)
         if cfg.enable_cache_compression:
-            bp = batch.compress_batch(bp)
+            bp = stage3.compress(bp)
         return bp, batch.generate_batch(bp, [engine.SamplingParams(max_new_tokens=5)] * 2, return_logits=True)
     (bp, outs), (ref_bp, ref_outs) = run_batch(offloaded), run_batch(qm)
     assert (bp.logits - ref_bp.logits).abs().max() <= 1e-4
@@ -81,13 +81,13 @@ def test_an_offloaded_model_batches_as_the_plain_model(qm, offloaded, clip, pres
 
 
 def test_auto_device_map_with_max_memory_spills_to_disk(tiny_model_dir, qm, clip, tmp_path):
-    om = qwen.load(str(tiny_model_dir), dtype="fp32", device_map="auto", max_memory={"cpu": "3MB"},
+    om = loader.load(str(tiny_model_dir), dtype="fp32", device_map="auto", max_memory={"cpu": "3MB"},
                    offload_folder=str(tmp_path))
     assert om.weight_bytes.get("disk", 0) > 0 and om.weight_bytes.get("cpu", 0) <= 3 * 10**6
     pf, out = run(om, clip, "paper")
     ref_pf, ref_out = run(qm, clip, "paper")
     assert (pf.logits - ref_pf.logits).abs().max() <= 1e-4 and out["ids"] == ref_out["ids"]
-    qwen.free(om)
+    loader.free(om)
 
 
 def test_free_releases_offloaded_and_quantised_models(tiny_model_dir, clip, tmp_path):
@@ -95,10 +95,10 @@ def test_free_releases_offloaded_and_quantised_models(tiny_model_dir, clip, tmp_
     for kwargs in (dict(device_map=device_map(28), offload_folder=str(tmp_path)), dict(quantization="8bit"),
                    dict(quantization="4bit")):
         before = live_tensor_bytes()
-        m = qwen.load(str(tiny_model_dir), dtype="fp32", **kwargs)
+        m = loader.load(str(tiny_model_dir), dtype="fp32", **kwargs)
         run(m, clip, "paper")                       # bitsandbytes keeps state from the first forward
         loaded = live_tensor_bytes()
-        qwen.free(m)                                # `m` stays referenced, as ComfyUI's output cache holds it
+        loader.free(m)                                # `m` stays referenced, as ComfyUI's output cache holds it
         after = live_tensor_bytes()
         assert loaded - before >= 0.8 * m.weight_bytes["cpu"], f"{kwargs}: the count sees the weights"
         assert all(p.is_meta for p in m.model.parameters())
@@ -119,7 +119,7 @@ def test_bad_placements_are_one_line_errors_before_loading(tiny_model_dir, tmp_p
     ]
     for kwargs, message in cases:
         with pytest.raises(ConfigError, match=message) as e:
-            qwen.load(str(tiny_model_dir), dtype="fp32", **kwargs)
+            loader.load(str(tiny_model_dir), dtype="fp32", **kwargs)
         assert "\n" not in str(e.value)
     assert placement.parse_max_memory("0=20GiB, cpu=64GiB") == {0: "20GiB", "cpu": "64GiB"}
     with pytest.raises(ConfigError, match="DEVICE=SIZE"):

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from prunevid import engine, qwen, quantize, stage3
+from prunevid import engine, loader, quantize, stage3
 from prunevid.config import PRESETS, get_preset
 from prunevid.errors import ConfigError, ModelError
 
@@ -41,9 +41,9 @@ def reference(qm, clip):
 @pytest.fixture(scope="module", params=MODES)
 def quantized(request, tiny_model_dir, clip):
     mode = request.param
-    qm = qwen.load(str(tiny_model_dir), dtype="fp32", device="cpu", quantization=mode)
+    qm = loader.load(str(tiny_model_dir), dtype="fp32", device="cpu", quantization=mode)
     yield mode, qm, {name: run(qm, clip, name) for name in PRESETS}
-    qwen.free(qm)
+    loader.free(qm)
 
 
 def test_quantised_layers_are_bitsandbytes_and_the_vision_tower_keeps_its_dtype(quantized):
@@ -96,13 +96,13 @@ def test_weight_bytes_shrink_2x_and_3_5x_and_match_the_analytic_count(wide_model
     config = json.loads((wide_model_dir / "config.json").read_text())
     linear, vision = {}, {}
     for mode in quantize.QUANTIZATIONS:
-        qm = qwen.load(str(wide_model_dir), dtype="bf16", device="cpu", quantization=mode)
+        qm = loader.load(str(wide_model_dir), dtype="bf16", device="cpu", quantization=mode)
         linear[mode] = sum(quantize.weight_bytes(m) for m in qm.layers.modules()
                            if not list(m.children()) and "Linear" in type(m).__name__)
         vision[mode] = quantize.weight_bytes(qm.model.model.visual)
         total = sum(qm.weight_bytes.values())
         assert total == quantize.weight_bytes(qm.model) == quantize.estimate_weight_bytes(config, mode, torch.bfloat16)
-        qwen.free(qm)
+        loader.free(qm)
     assert 1.9 <= linear["none"] / linear["8bit"] <= 2.0
     assert 3.5 <= linear["none"] / linear["4bit"] <= 4.0
     assert vision["none"] == vision["8bit"] == vision["4bit"], "the vision tower is not quantised"
@@ -122,10 +122,10 @@ def test_released_models_weigh_what_their_parameter_counts_say():
 def test_missing_bitsandbytes_is_a_one_line_error_before_loading(tiny_model_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)         # what `import bitsandbytes` sees when absent
     with pytest.raises(ModelError, match="pip install") as e:
-        qwen.load(str(tiny_model_dir), dtype="fp32", device="cpu", quantization="4bit")
+        loader.load(str(tiny_model_dir), dtype="fp32", device="cpu", quantization="4bit")
     assert "\n" not in str(e.value) and "bitsandbytes" in str(e.value)
     with pytest.raises(ConfigError, match="quantization must be one of none, 8bit, 4bit"):
-        qwen.load(str(tiny_model_dir), dtype="fp32", device="cpu", quantization="3bit")
+        loader.load(str(tiny_model_dir), dtype="fp32", device="cpu", quantization="3bit")
 
 
 def test_cli_ask_with_4bit_prints_the_weight_size(tiny_model_dir, capsys):

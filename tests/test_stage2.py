@@ -8,6 +8,7 @@ from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLTe
 
 from prunevid import positions as P
 from prunevid import stage2
+from prunevid.families import Qwen25VL
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,8 @@ def test_scores_equal_full_attention_reference(layer, aggregation, with_rope):
         inv_freq = 1.0 / (10000 ** (torch.arange(0, 8, 2).float() / 8))      # head_dim 8
         rope = P.mrope_cos_sin(pos, inv_freq, [1, 2, 1], torch.float32)
     with torch.no_grad():
-        ours = stage2.question_attention(layer, hidden, query_start, video_cols, aggregation, rope)
+        q, k = Qwen25VL.attention_qk(layer, hidden, query_start, rope)
+        ours = stage2.question_attention(q, k, video_cols, aggregation, causal=rope is not None)
         ref = full_reference(layer, hidden, query_start, video_cols, aggregation, rope)
     assert torch.allclose(ours, ref, atol=1e-6), (ours - ref).abs().max()
 

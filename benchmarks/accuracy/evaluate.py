@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from prunevid import config as C
-from prunevid import engine, qwen, stats
+from prunevid import engine, loader, stats
+from prunevid.families import Qwen25VL, VideoLLM
 from prunevid.video import Clip
 
 from . import data
@@ -70,7 +71,7 @@ def flops_7b(st: dict) -> float:
     """LLM prefill FLOPs over the unpruned prompt's for the Qwen2.5-VL-7B shape with the paper's M = 10, for this
     prompt's token counts (the oracle's own M is set by its depth; this column reads its token counts at 7B scale)."""
     t = st["tokens"]
-    layers, d, d_kv, d_ff = stats.QWEN25VL_DIMS["Qwen2.5-VL-7B"]
+    layers, d, d_kv, d_ff = Qwen25VL.flops_shapes["Qwen2.5-VL-7B"]
     m = 10 if st["stage2"]["enabled"] else -1
     return stats.flops_ratio(layers, d, d_kv, d_ff, t["sequence_unpruned"], t["sequence_after_stage1"],
                              t["sequence_after_stage2"], m)
@@ -89,7 +90,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple:
 class Evaluator:
     """Runs samples through the engine under every row; keeps per-sample hits and stats."""
 
-    def __init__(self, qm: qwen.QwenModel, rows=None, M_layer: int = M.PRUNING_LAYER, seed: int = 0):
+    def __init__(self, qm: VideoLLM, rows=None, M_layer: int = M.PRUNING_LAYER, seed: int = 0):
         self.qm = qm
         self.M = M_layer
         self.rows = rows or PRESET_ROWS + CONTROL_ROWS
@@ -205,7 +206,7 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="oracle", help="results/<name>.json and .md")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    qm = qwen.load(args.model, dtype="fp32", device="cpu")
+    qm = loader.load(args.model, dtype="fp32", device="cpu")
     rows = [r for r in args.rows.split(",") if r]
     ev = Evaluator(qm, rows, M_layer=args.pruning_layer)
     t0 = time.time()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from prunevid import engine, positions, qwen
+from prunevid import engine, positions
+from prunevid.families import VideoLLM
 from prunevid.testing import _hub_name, build_tiny_model
 from prunevid.video import to_patches
 
@@ -32,7 +33,7 @@ def build(path, sizes=None, seed=0) -> Path:
     return build_tiny_model(path, **(sizes or SIZES), seed=seed, overwrite=True)
 
 
-def save_weights(qm: qwen.QwenModel, path, dtype=torch.bfloat16) -> None:
+def save_weights(qm: VideoLLM, path, dtype=torch.bfloat16) -> None:
     """Write the model's weights into `path`/model.safetensors under the hub checkpoints' legacy names."""
     from safetensors.torch import save_file
     state = {_hub_name(k): v.detach().to(dtype).contiguous() for k, v in qm.model.state_dict().items()}
@@ -46,7 +47,7 @@ def save_weights(qm: qwen.QwenModel, path, dtype=torch.bfloat16) -> None:
 class Prompter:
     """Token ids and 3-D positions of the engine's prompt for every question type (the clip size is fixed)."""
 
-    def __init__(self, qm: qwen.QwenModel):
+    def __init__(self, qm: VideoLLM):
         self.qm = qm
         tok = qm.tokenizer
         self.grid = (data.FRAMES // 2, data.GRID, data.GRID)
@@ -82,7 +83,7 @@ def pixels(qm, frames_list) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(out), torch.tensor(thw)
 
 
-def forward(qm: qwen.QwenModel, pr: Prompter, items, drop_video_after: int | None = None) -> torch.Tensor:
+def forward(qm: VideoLLM, pr: Prompter, items, drop_video_after: int | None = None) -> torch.Tensor:
     """Logits of every question of every clip, [Q, 2, vocab]: at the prompt's last token (the answer) and at the
     answer token (which should predict <|im_end|>); [Q, 1, vocab] when no answers are given.
 

@@ -1,7 +1,7 @@
 """Train the oracle from scratch on CPU: `python -m benchmarks.accuracy.train` (seeded, one command).
 
 A random Qwen2.5-VL of the oracle's shape is written by prunevid.testing.build_tiny_model, loaded with
-prunevid.qwen.load, trained on the synthetic video QA stream (data.py) with a curriculum, and its weights are written
+prunevid.loader.load, trained on the synthetic video QA stream (data.py) with a curriculum, and its weights are written
 back under the hub checkpoints' names (bf16) so the result loads through the same from_pretrained path as any
 Qwen2.5-VL. The loss is on the answer letter and on the <|im_end|> after it. Curves go to <out>/train_log.jsonl.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prunevid import qwen
+from prunevid import loader
 
 from . import data
 from . import model as M
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     M.build(out, sizes=sizes, seed=args.seed)
     if args.init:
         shutil.copy(Path(args.init) / "model.safetensors", out / "model.safetensors")
-    qm = qwen.load(str(out), dtype="fp32", device="cpu")
+    qm = loader.load(str(out), dtype="fp32", device="cpu")
     controls = [int(m) for m in args.pruning_layer.split(",")]
     curriculum = json.loads(args.curriculum) if args.curriculum else CURRICULUM
     pr = M.Prompter(qm)

@@ -57,7 +57,7 @@ def worker(args) -> int:
     """Runs in the child process: load the model, measure the plan (or the throughput plan), write the results."""
     import torch
 
-    from .. import qwen
+    from .. import loader
     from ..config import get_preset
     caching = (not args.default_allocator) and set_allocator("caching")
     torch.set_num_threads(args.threads)
@@ -65,7 +65,7 @@ def worker(args) -> int:
     root = Path(args.root) if args.root else default_root()
     path = model_path(args.model, Path(args.models_dir) if args.models_dir else root / "models")
     _log(f"[bench] loading {path}")
-    qm = qwen.load(str(path), dtype=args.dtype, device=args.device)
+    qm = loader.load(str(path), dtype=args.dtype, device=args.device)
     qm.eos_token_ids = []          # exactly --new-tokens tokens per answer, like vLLM's ignore_eos
     dims = bench_dims(qm)
     if args.throughput:

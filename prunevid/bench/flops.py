@@ -39,8 +39,7 @@ def llm_flops(layers: int, d: int, d_kv: int, d_ff: int, before: int, after: int
 
 def bench_dims(qm) -> dict:
     """The LLM and vision dimensions of a loaded model, as the FLOPs model needs them."""
-    from .. import stats
-    layers, d, d_kv, d_ff = stats.model_dims(qm)
+    layers, d, d_kv, d_ff = qm.dims()
     vc = qm.config.vision_config
     return {"layers": layers, "d": d, "d_kv": d_kv, "d_ff": d_ff,
             "vision": dict(hidden=vc.hidden_size, intermediate=vc.intermediate_size, depth=vc.depth,

@@ -149,7 +149,7 @@ def run_throughput_once(qm, requests: list, frames: int, config, batch_size: int
             real += int(bp.lengths[0].sum())
             padded += bp.size * bp.cache.lengths[0]
             if config.enable_cache_compression:
-                bp = batch.compress_batch(bp)
+                bp = stage3.compress(bp)
             _sync(qm)
             t3 = time.perf_counter()
             outs = batch.generate_batch(bp, [engine.SamplingParams(max_new_tokens=new_tokens)] * bp.size)

@@ -65,7 +65,7 @@ def worker(args) -> int:
     """One (quantization, dtype): load, warm up, measure every preset; print one JSON line."""
     import torch
 
-    from .. import qwen
+    from .. import loader
     from ..config import get_preset
 
     torch.set_num_threads(args.threads)
@@ -79,7 +79,7 @@ def worker(args) -> int:
     before = _rss()
     with PeakMemory() as load:
         t0 = time.perf_counter()
-        qm = qwen.load(str(path), dtype=args.dtype, device="cpu", quantization=args.quantization)
+        qm = loader.load(str(path), dtype=args.dtype, device="cpu", quantization=args.quantization)
         load_s = time.perf_counter() - t0
     qm.eos_token_ids = []          # exactly the asked number of tokens, as in the speed benchmark
     configs = {name: get_preset(name, max_pixels=args.max_pixels) for name in PRESETS}

@@ -19,7 +19,6 @@ from lmms_eval.protocol import ChatMessages
 from tqdm import tqdm
 
 from .. import engine
-from ..cli import resolve_model
 from ..errors import ConfigError, PruneVidError
 from ..pipeline import PruneVidQwen25VL
 from . import args as eval_args
@@ -75,7 +74,7 @@ class PruneVidQwen25VLEval(lmms):
             device = str(self.accelerator.device)
             self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
         try:
-            self.pv = PruneVidQwen25VL(resolve_model(s.pretrained), config=s.config, device=device, dtype=s.dtype,
+            self.pv = PruneVidQwen25VL(s.pretrained, config=s.config, device=device, dtype=s.dtype,
                                        attention=s.attention, quantization=s.quantization,
                                        device_map=s.device_map or None)
         except PruneVidError as e:

@@ -1,9 +1,10 @@
-"""A tiny random Qwen2.5-VL checkpoint on disk, for tests and for trying the pipeline without a download.
+"""A tiny random checkpoint of each supported family on disk, for tests and for trying the pipeline without a
+download (Qwen2.5-VL by default; family="qwen2_vl" for Qwen2-VL).
 
-The checkpoint is laid out like the real Qwen/Qwen2.5-VL-*-Instruct repos (flat config.json with the legacy
-`rope_scaling` mrope form, weights under the legacy `visual.*` / `model.*` / `lm_head.*` names, tokenizer.json,
-tokenizer_config.json, chat_template.json, preprocessor_config.json, generation_config.json), so it goes through
-exactly the loading code a real checkpoint goes through, on transformers 4.57.x and 5.x alike.
+The checkpoint is laid out like the real Qwen/Qwen2-VL-* and Qwen/Qwen2.5-VL-*-Instruct repos (flat config.json with
+the legacy `rope_scaling` mrope form, weights under the legacy `visual.*` / `model.*` / `lm_head.*` names,
+tokenizer.json, tokenizer_config.json, chat_template.json, preprocessor_config.json, generation_config.json), so it
+goes through exactly the loading code a real checkpoint goes through, on transformers 4.57.x and 5.x alike.
 
 Everything is written by this package, not by `save_pretrained`: the files then do not depend on which
 transformers version built them, and the same seed gives byte-identical files on both versions.
@@ -31,8 +32,37 @@ def _round_up(n: int, k: int) -> int:
     return (n + k - 1) // k * k
 
 
-def _config(p: dict, ids: dict, vocab_size: int) -> dict:
-    """The flat config.json layout of the Qwen2.5-VL hub repos, which 4.57 and 5.x both parse to the same model.
+def _vision_config(family: str, p: dict) -> dict:
+    """The vision_config of each family's hub repos, scaled down."""
+    if family == "qwen2_vl":                     # full attention in every block; hidden_size is the merger's output
+        return {"depth": p["vision_depth"], "embed_dim": p["vision_hidden_size"], "hidden_size": p["hidden_size"],
+                "hidden_act": "quick_gelu", "mlp_ratio": p["vision_intermediate_size"] // p["vision_hidden_size"],
+                "num_heads": p["vision_num_heads"], "in_chans": 3, "in_channels": 3, "patch_size": 14,
+                "spatial_merge_size": 2, "spatial_patch_size": 14, "temporal_patch_size": 2,
+                "initializer_range": 0.02}
+    return {                                     # qwen2_5_vl: windowed attention but in the last block
+        "depth": p["vision_depth"],
+        "hidden_act": "silu",
+        "hidden_size": p["vision_hidden_size"],
+        "intermediate_size": p["vision_intermediate_size"],
+        "num_heads": p["vision_num_heads"],
+        "in_chans": 3,
+        "in_channels": 3,
+        "out_hidden_size": p["hidden_size"],
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "spatial_patch_size": 14,
+        "temporal_patch_size": 2,
+        "tokens_per_second": 2,
+        "window_size": 112,
+        "fullatt_block_indexes": [p["vision_depth"] - 1],
+        "initializer_range": 0.02,
+    }
+
+
+def _config(family: str, p: dict, ids: dict, vocab_size: int) -> dict:
+    """The flat config.json layout of the Qwen2-VL / Qwen2.5-VL hub repos, which 4.57 and 5.x both parse to the same
+    model.
 
     Text settings sit at the top level and mrope is given as legacy `rope_scaling` {"type": "mrope"}: 4.57 reads
     only that form, 5.x converts it to `rope_parameters` (rope_type "default", mrope_section kept). The nested
@@ -43,9 +73,10 @@ def _config(p: dict, ids: dict, vocab_size: int) -> dict:
     half = head_dim // 2
     hw = (half - half // 4) // 2
     mrope = [half - 2 * hw, hw, hw]              # Qwen's [16, 24, 24] of 64 scaled down: [2, 3, 3] of 8
+    from ..families import family as family_class
     return {
-        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
-        "model_type": "qwen2_5_vl",
+        "architectures": [family_class(family).transformers_class],
+        "model_type": family,
         "attention_dropout": 0.0,
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
@@ -73,32 +104,14 @@ def _config(p: dict, ids: dict, vocab_size: int) -> dict:
         "dtype": "float32",
         "use_cache": True,
         "vocab_size": vocab_size,
-        "vision_config": {
-            "depth": p["vision_depth"],
-            "hidden_act": "silu",
-            "hidden_size": p["vision_hidden_size"],
-            "intermediate_size": p["vision_intermediate_size"],
-            "num_heads": p["vision_num_heads"],
-            "in_chans": 3,
-            "in_channels": 3,
-            "out_hidden_size": p["hidden_size"],
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "spatial_patch_size": 14,
-            "temporal_patch_size": 2,
-            "tokens_per_second": 2,
-            "window_size": 112,
-            "fullatt_block_indexes": [p["vision_depth"] - 1],
-            "initializer_range": 0.02,
-        },
+        "vision_config": _vision_config(family, p),
     }
 
 
 def _weight_shapes(config: dict) -> dict:
     """Parameter names and shapes, from the model class built on the meta device (no memory, no init)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**json.loads(json.dumps(config))))
+    from ..families import family
+    model = family(config["model_type"]).meta_model(config)
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
@@ -133,17 +146,21 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def build_tiny_model(path, *, num_hidden_layers=28, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                     num_key_value_heads=2, vision_depth=2, vision_hidden_size=32, vision_intermediate_size=64,
+def build_tiny_model(path, *, family="qwen2_5_vl", num_hidden_layers=28, hidden_size=64, intermediate_size=128,
+                     num_attention_heads=4, num_key_value_heads=2, vision_depth=2, vision_hidden_size=32, vision_intermediate_size=64,
                      vision_num_heads=2, vocab_extra=0, seed=0, overwrite=False) -> Path:
-    """Write a random Qwen2.5-VL checkpoint (weights, config, tokenizer, processor files) into `path`.
+    """Write a random checkpoint of `family` (a model_type: "qwen2_5_vl" or "qwen2_vl") into `path`: weights,
+    config, tokenizer, processor files.
 
-    28 decoder layers by default, like Qwen2.5-VL-3B/7B, so layer indices of real pruning settings stay valid.
+    28 decoder layers by default, like Qwen2-VL-7B and Qwen2.5-VL-7B, so layer indices of real pruning settings stay
+    valid.
     The config's vocab_size is the tokenizer length rounded up to 64, plus `vocab_extra` (real checkpoints also
     have more embedding rows than tokens). Returns the folder.
     """
     from safetensors.torch import save_file
 
+    from ..families import family as family_class
+    cls = family_class(family, f"family {family!r}")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ModelError(f"{path} is a file, not a folder: give a folder for the tiny model")
@@ -163,7 +180,7 @@ def build_tiny_model(path, *, num_hidden_layers=28, hidden_size=64, intermediate
     tok = train_tokenizer()
     ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
     vocab_size = _round_up(tok.get_vocab_size(with_added_tokens=True), 64) + vocab_extra
-    config = _config(p, ids, vocab_size)
+    config = _config(family, p, ids, vocab_size)
 
     weights = _random_weights({_hub_name(k): v for k, v in _weight_shapes(config).items()}, seed)
     save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
@@ -178,11 +195,12 @@ def build_tiny_model(path, *, num_hidden_layers=28, hidden_size=64, intermediate
     # names to its one Qwen2VLImageProcessor. No video_preprocessor_config.json: like the hub repos, both versions
     # build the video processor from this file.
     _write_json(path / "preprocessor_config.json", {
-        "image_processor_type": "Qwen2VLImageProcessorFast", "processor_class": "Qwen2_5_VLProcessor",
+        "image_processor_type": "Qwen2VLImageProcessorFast",
+        "processor_class": "Qwen2VLProcessor" if family == "qwen2_vl" else "Qwen2_5_VLProcessor",
         "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
         "rescale_factor": 1 / 255, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
         "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2})
-    (path / MARKER).write_text("a random Qwen2.5-VL written by prunevid.testing.build_tiny_model\n")
+    (path / MARKER).write_text(f"a random {cls.display_name} written by prunevid.testing.build_tiny_model\n")
     for f in path.iterdir():
         f.chmod(0o644)                                   # safetensors writes 0600; keep the folder shareable
     path.chmod(0o755)
@@ -219,7 +237,7 @@ def tiny_model_path(**params) -> Path:
     """The default tiny model (or one built with other build_tiny_model `params`), built once into a cache folder
     and reused.
 
-    The folder is $PRUNEVID_CACHE (or ~/.cache/prunevid) / tiny-qwen2.5-vl-<hash>. The hash covers the source of
+    The folder is $PRUNEVID_CACHE (or ~/.cache/prunevid) / tiny-<model_type>-<hash>. The hash covers the source of
     this package (the default parameters, the builder and the tokenizer's corpus), so changing any of them gives a
     fresh model, and the params; it does not cover the transformers version, since the files are the same whichever
     version builds them.
@@ -228,5 +246,5 @@ def tiny_model_path(**params) -> Path:
     sources = b"".join(f.read_bytes() for f in sorted(Path(__file__).parent.glob("*.py")))
     source = sources + (json.dumps(params, sort_keys=True).encode() if params else b"")
     digest = hashlib.sha256(source).hexdigest()[:12]
-    return build_once(root / f"tiny-qwen2.5-vl-{digest}",
+    return build_once(root / f"tiny-{params.get('family', 'qwen2_5_vl')}-{digest}",
                       lambda folder: build_tiny_model(folder, overwrite=True, **params))

@@ -1,0 +1,38 @@
+"""Model families: everything model-specific lives here, one module per family (see base.py for the hooks).
+
+    base.py         VideoLLM: the loaded checkpoint and the hooks every family answers
+    qwen2_vl.py     Qwen2-VL: temporal position = group index
+    qwen2_5_vl.py   Qwen2.5-VL = Qwen2-VL + timed temporal positions
+
+A checkpoint's family is chosen from config.json's model_type.
+"""
+from __future__ import annotations
+
+from ..errors import ModelError
+from .base import VideoLLM
+from .qwen2_5_vl import Qwen25VL
+from .qwen2_vl import Qwen2VL
+
+FAMILIES = {cls.model_type: cls for cls in (Qwen25VL, Qwen2VL)}     # model_type -> family; the default first
+DEFAULT = Qwen25VL
+
+
+def supported() -> str:
+    """"qwen2_5_vl (Qwen2.5-VL), qwen2_vl (Qwen2-VL)": the supported model types, for error messages."""
+    return ", ".join(f"{t} ({cls.display_name})" for t, cls in FAMILIES.items())
+
+
+def family(model_type, where: str = "the checkpoint") -> type[VideoLLM]:
+    """The family class of a config.json model_type; ModelError naming the supported types otherwise."""
+    if model_type not in FAMILIES:
+        raise ModelError(f"{where} is not a checkpoint of a supported family: model_type {model_type!r} "
+                         f"(supported: {supported()})")
+    return FAMILIES[model_type]
+
+
+def for_hub_id(hub_id: str) -> type[VideoLLM] | None:
+    """The family of a released hub id this project lists (None for any other id)."""
+    return next((cls for cls in FAMILIES.values() if hub_id in cls.hub_ids), None)
+
+
+__all__ = ["FAMILIES", "DEFAULT", "VideoLLM", "Qwen2VL", "Qwen25VL", "family", "for_hub_id", "supported"]

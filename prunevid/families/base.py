@@ -1,0 +1,164 @@
+"""What every model family answers: the loaded checkpoint the engine runs, and the hooks it calls.
+
+A family is a subclass of VideoLLM that declares its facts (class attributes: which transformers class, which
+hub ids, patch sizes, the released shapes for the FLOPs model) and overrides the hooks where it differs, as
+transformers' modular files do: Qwen2.5-VL is Qwen2-VL with timed temporal positions. The engine, the stages,
+the stats and the nodes only ever talk to these hooks, never to a model's modules by name.
+
+The hooks, in the order a prompt meets them:
+    visual_tokens()            frames -> LLM tokens, before any weight is loaded (the token budget)
+    patches(), vision_features()   frames -> the tower's input -> LLM tokens per temporal group
+    seconds_per_group()        the time one temporal group spans at the sampled fps
+    chat_pieces(), pad_token() the chat template as text around the visual blocks
+    positions()                the unpruned positions of a prompt (and decoding's offset)
+    embed(), rotary()          token embeddings and the decoder layers' rotary tables
+    attention_qk()             the q and k a layer computes, for Stage 2's scoring
+    decoder_layer(), logits()  one layer with the KV cache; the final norm and head
+    keep_in_dtype, llm_of()    what 8/4-bit quantisation leaves alone, and where the decoder layers are
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .. import adapter, placement
+from ..errors import ModelError
+
+
+@dataclass
+class VideoLLM:
+    """A loaded checkpoint of one family: the transformers model, its tokenizer, and the family's hooks."""
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    image_mean: tuple
+    image_std: tuple
+    eos_token_ids: list
+    unloaded: bool = False
+    quantization: str = "none"
+    weight_bytes: dict | None = None   # {device: bytes} of the weights as loaded (quantize.weight_bytes, per device)
+
+    # ---- what a family declares
+    model_type: ClassVar[str] = ""               # config.json's model_type
+    display_name: ClassVar[str] = ""             # "Qwen2.5-VL"
+    transformers_class: ClassVar[str] = ""       # the transformers class that loads it
+    hub_ids: ClassVar[dict] = {}                 # released hub ids -> download size in GB (the loader's list)
+    flops_shapes: ClassVar[dict] = {}            # released LLMs -> (layers, d, d_kv, d_ff); the first is the headline
+    keep_in_dtype: ClassVar[tuple] = ()          # modules 8/4-bit quantisation leaves in the model's dtype
+    patch_size: ClassVar[int] = 14
+    temporal_patch_size: ClassVar[int] = 2
+    merge_size: ClassVar[int] = 2
+
+    # ---- frames -> tokens (no weights needed)
+
+    @classmethod
+    def token_factor(cls) -> int:
+        """Pixels per LLM token along each side: patch size x spatial merge."""
+        return cls.patch_size * cls.merge_size
+
+    @classmethod
+    def visual_tokens(cls, frames: int, height: int, width: int) -> int:
+        """LLM tokens of `frames` frames of height x width (multiples of token_factor) before Stage 1; an image is
+        one frame, and a frame count that is not a multiple of the temporal patch is padded, as the processor does."""
+        f = cls.token_factor()
+        return -(-frames // cls.temporal_patch_size) * (height // f) * (width // f)
+
+    # ---- the loaded model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def text_config(self):
+        return getattr(self.config, "text_config", self.config)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the prompt starts: the token embeddings' device (the first of several with a device_map)."""
+        return placement.execution_device(self.language_model.embed_tokens)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @staticmethod
+    def llm_of(model: torch.nn.Module) -> torch.nn.Module:
+        """The language model (embed_tokens, layers, norm, rotary_emb) inside a transformers model of this family."""
+        return model.model.language_model
+
+    @classmethod
+    def transformers_model_class(cls):
+        import transformers
+        return getattr(transformers, cls.transformers_class)
+
+    @classmethod
+    def meta_model(cls, config: dict) -> torch.nn.Module:
+        """The model built from a config.json dict on the meta device (no memory, no init): names and shapes."""
+        import json
+        model_cls = cls.transformers_model_class()
+        with torch.device("meta"):
+            return model_cls(model_cls.config_class(**json.loads(json.dumps(config))))
+
+    @property
+    def language_model(self):
+        return self.llm_of(self.model)
+
+    @property
+    def layers(self):
+        return self.language_model.layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def token_id(self, token: str) -> int:
+        tid = self.tokenizer.convert_tokens_to_ids(token)
+        if tid is None or tid == self.tokenizer.unk_token_id:
+            raise ModelError(f"the tokenizer of {self.name} has no {token} token: is it a {self.display_name} "
+                             "tokenizer?")
+        return tid
+
+    def dims(self) -> tuple:
+        """(layers, d, d_kv, d_ff) of this language model, for the FLOPs and KV-bytes model."""
+        tc = self.text_config
+        head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+        return self.num_layers, tc.hidden_size, tc.num_key_value_heads * head_dim, tc.intermediate_size
+
+    # ---- the LLM: what every decoder-only family shares
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings of ids [...] -> [..., D]."""
+        return self.language_model.embed_tokens(ids)
+
+    def rotary(self, hidden: torch.Tensor, positions: torch.Tensor):
+        """The decoder layers' rotary tables for positions [A, L] (batch 1) or [A, B, L] (a batch), in whatever
+        layout this family's attention consumes."""
+        positions = positions[:, None, :] if positions.ndim == 2 else positions
+        return self.language_model.rotary_emb(hidden, positions.to(hidden.device))
+
+    def decoder_layer(self, layer, hidden: torch.Tensor, rope, cache, attention_mask=None) -> torch.Tensor:
+        """One decoder layer on hidden [B, n, D], appending its keys and values to `cache`."""
+        return adapter.decoder_layer(layer, hidden, rope, cache, attention_mask)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The final norm and the head: hidden [B, n, D] -> float32 logits [B, n, vocab]."""
+        return self.model.lm_head(self.language_model.norm(hidden)).float()
+
+    @staticmethod
+    def attention_qk(layer, hidden: torch.Tensor, query_start: int, rope: tuple | None = None) -> tuple:
+        """The q of the query rows and the k of every row that `layer`'s attention computes from hidden [L, D]
+        (its input): q [heads, L - query_start, head_dim], k [kv_heads, L, head_dim], before RoPE unless rope
+        ((cos, sin), each [L, head_dim], see score_rope) is given. Query heads sharing a KV head are contiguous."""
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden[None])[0]
+        L, hd = x.shape[0], attn.head_dim
+        q = attn.q_proj(x[query_start:]).view(L - query_start, -1, hd).transpose(0, 1)
+        k = attn.k_proj(x).view(L, -1, hd).transpose(0, 1)
+        if rope is not None:
+            from ..positions import rotate
+            cos, sin = rope
+            q, k = rotate(q, cos[query_start:], sin[query_start:]), rotate(k, cos, sin)
+        return q, k
