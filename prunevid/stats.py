@@ -147,7 +147,8 @@ def format_stats(stats: dict) -> str:
     """A short human-readable summary of the stats dictionary."""
     s1, s2, s3, t = stats["stage1"], stats["stage2"], stats["stage3"], stats["timings"]
     # stats from a server running an older pack have no weights (nor kept_fraction, below)
-    lines = [format_weights(stats["weights"])] if "weights" in stats else []
+    lines = [f"Model family: {stats['family']}"] if "family" in stats else []
+    lines += [format_weights(stats["weights"])] if "weights" in stats else []
     lines += [
         f"Stage 1: {s1['original_tokens']} -> {s1['compressed_tokens']} video tokens "
         f"({s1['reduction_percentage']:.1f}% fewer, {s1['segments']} segment{'' if s1['segments'] == 1 else 's'}, static {100 * s1['static_ratio']:.1f}%)"

@@ -11,6 +11,16 @@ QUESTIONS = ["What is the rabbit doing in this video?", "Who sits in the car, an
 
 
 @pytest.fixture(scope="module")
+def tiny_model_dir(family_model_dir):       # every test here runs once per family (conftest.py)
+    return family_model_dir
+
+
+@pytest.fixture(scope="module")
+def qm(family_qm):
+    return family_qm
+
+
+@pytest.fixture(scope="module")
 def visuals(clip):
     """Four prompts of different videos and lengths, the last with two videos in one prompt."""
     carphone = load_video(sample_video_path("carphone_pristine.mp4"), max_frames=4, max_pixels=224 * 224)

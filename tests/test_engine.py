@@ -117,7 +117,6 @@ def uncached_reference_logits(qm, encoded, question, cfg, pf, new_ids, compresse
     Layers 0..M see every prompt token (causal); a generated token there sees only kept ones when the cache is
     compressed. Layers > M see kept prompt tokens and the generated ones.
     """
-    from prunevid import loader
     seq = engine.assemble(qm, encoded, question, engine.DEFAULT_SYSTEM_PROMPT)
     emb = qm.language_model.embed_tokens
     h = torch.cat([seq.embeds, emb(torch.tensor(new_ids))])[None]

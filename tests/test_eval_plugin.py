@@ -61,6 +61,19 @@ def test_qwen2_5_vl_names_and_short_names_carry_over():
     assert eval_args.parse({"fps": 1, "sampling": "uniform"}).config.video_sampling == "uniform"
 
 
+def test_one_model_name_per_family_each_defaulting_to_its_7b():
+    """lmms-eval names its models per family (qwen2_5_vl, qwen2_vl); so do ours, each registered as an entry point,
+    each taking any supported checkpoint through pretrained=."""
+    from importlib.metadata import entry_points
+    registered = {e.name for e in entry_points(group="lmms_eval.models")}
+    assert set(eval_args.MODEL_IDS) <= registered
+    assert eval_args.parse({}, "prunevid_qwen2_vl").pretrained == "Qwen/Qwen2-VL-7B-Instruct"
+    assert eval_args.parse({"pretrained": "tiny:qwen2_vl"}).pretrained == "tiny:qwen2_vl"
+    with pytest.raises(ConfigError, match="unknown model_arg 'frames' for prunevid_qwen2_vl"):
+        eval_args.parse({"frames": 1}, "prunevid_qwen2_vl")
+    assert report.run_label("prunevid_qwen2_vl", "pretrained=x,preset=paper,keep_ratio=0.3") == "paper keep_ratio=0.3"
+
+
 @pytest.mark.parametrize("name", ["keep_ratoi", "frames", "temperature"])
 def test_an_unknown_model_arg_is_a_one_line_error_naming_it(name):
     with pytest.raises(ConfigError) as e:

@@ -1,4 +1,4 @@
-"""Several videos (and images) in one prompt: Qwen2.5-VL's own multi-video layout, Stage 1 per video, Stage 2 over
+"""Several videos (and images) in one prompt: each family's own multi-video layout, Stage 1 per video, Stage 2 over
 all visual tokens with per-block quotas."""
 import dataclasses
 import inspect
@@ -7,13 +7,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunevid import PruneVidQwen25VL, engine, positions as P, stage3
+from prunevid import PruneVidQwen25VL, engine, stage3
 from prunevid.config import get_baseline_config, get_paper_config
 from prunevid.errors import BudgetError, InputError
 from prunevid.stats import format_stats
-from prunevid.video import load_video, sample_video_path, to_patches
+from prunevid.video import load_video, sample_video_path
 
 Q = "What changed between the two clips?"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(family_model_dir):       # every test here runs once per family (conftest.py)
+    return family_model_dir
+
+
+@pytest.fixture(scope="module")
+def qm(family_qm):
+    return family_qm
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +40,7 @@ def one_second_per_group(encoded):
 
 def layout_from_ids(qm, encoded, ids):
     """The unpruned positions of a prompt with our rule, from its token ids alone (pads runs = vision blocks)."""
-    pad = torch.isin(ids, torch.tensor([qm.token_id("<|video_pad|>"), qm.token_id("<|image_pad|>")]))
+    pad = torch.isin(ids, torch.tensor([qm.token_id(qm.pad_token("video")), qm.token_id(qm.pad_token("image"))]))
     pieces, i, k = [], 0, 0
     while i < ids.numel():
         j = i
@@ -38,17 +48,17 @@ def layout_from_ids(qm, encoded, ids):
             j += 1
         if pad[i]:
             it = encoded.items[k]
-            pieces.append(("vision", it.grid, it.second_per_grid_t, qm.tokens_per_second))
+            pieces.append(("vision", it.grid, it.second_per_grid_t))
             k += 1
         else:
             pieces.append(("text", j - i))
         i = j
-    return P.layout(pieces)
+    return qm.positions(pieces)
 
 
 def block_ranges(qm, ids):
     """[(first, end)] sequence ranges of each vision block's pad tokens in the unpruned prompt."""
-    pad = torch.isin(ids, torch.tensor([qm.token_id("<|video_pad|>"), qm.token_id("<|image_pad|>")])).long()
+    pad = torch.isin(ids, torch.tensor([qm.token_id(qm.pad_token("video")), qm.token_id(qm.pad_token("image"))])).long()
     edges = torch.diff(torch.cat([torch.zeros(1, dtype=torch.long), pad, torch.zeros(1, dtype=torch.long)]))
     return list(zip((edges == 1).nonzero().squeeze(1).tolist(), (edges == -1).nonzero().squeeze(1).tolist()))
 
@@ -78,7 +88,7 @@ def test_two_videos_all_stages_off_equal_transformers_forward(qm, clip, second_c
     ref_in = processor_inputs(processor, [clip, second_clip], Q)
     ids = engine.reference_input_ids(qm, two_off, Q)
     assert torch.equal(ids, ref_in["input_ids"][0]), "our prompt is the chat template's, pads expanded alike"
-    ours_pixels = torch.cat([to_patches(c.frames, qm.image_mean, qm.image_std)[0] for c in (clip, second_clip)])
+    ours_pixels = torch.cat([qm.patches(c.frames)[0] for c in (clip, second_clip)])
     assert (ours_pixels - ref_in["pixel_values_videos"]).abs().max() <= 1e-5
     assert ref_in["video_grid_thw"].tolist() == [[it.grid[0], it.grid[1] * 2, it.grid[2] * 2] for it in two_off.items]
 
@@ -97,10 +107,12 @@ def test_two_videos_all_stages_off_greedy_tokens_equal_model_generate(qm, clip, 
     ref_in = processor_inputs(processor, [clip, second_clip], Q)
     ids = ref_in["input_ids"][0]
     pos, _ = layout_from_ids(qm, two_off, ids)
-    seconds = torch.tensor([1.0, 1.0])
+    rope_index = qm.model.model.get_rope_index
+    # second_per_grid_ts for the families with timed positions (Qwen2-VL's code takes none)
+    timing = ({"second_per_grid_ts": torch.tensor([1.0, 1.0])}
+              if "second_per_grid_ts" in inspect.signature(rope_index).parameters else {})
     extra = {k: ref_in[k] for k in ("mm_token_type_ids",) if k in ref_in}         # transformers 5.x
-    theirs, _ = qm.model.model.get_rope_index(ids[None], **extra, video_grid_thw=ref_in["video_grid_thw"],
-                                             second_per_grid_ts=seconds)
+    theirs, _ = rope_index(ids[None], **extra, video_grid_thw=ref_in["video_grid_thw"], **timing)
     # transformers computes its own positions inside generate(): these clips' layout is one where it agrees with the
     # original rule on every version (each video's temporal extent is below its width)
     assert torch.equal(theirs[:, 0], pos), "precondition: transformers' layout equals ours for these clips"
@@ -109,7 +121,7 @@ def test_two_videos_all_stages_off_greedy_tokens_equal_model_generate(qm, clip, 
     ours = engine.generate(pf, engine.SamplingParams(max_new_tokens=12))["ids"]
     with torch.no_grad():
         ref = qm.model.generate(**{k: v for k, v in ref_in.items() if k != "second_per_grid_ts"},
-                                second_per_grid_ts=seconds, max_new_tokens=12, do_sample=False,
+                                **timing, max_new_tokens=12, do_sample=False,
                                 eos_token_id=qm.eos_token_ids, pad_token_id=qm.eos_token_ids[0])
     assert ours == ref[0, ids.numel():].tolist()[:len(ours)]
 

@@ -1,4 +1,4 @@
-"""The original Qwen2.5-VL 3-D position rule, on every transformers version."""
+"""The original 3-D position rule of Qwen2-VL and Qwen2.5-VL, on every transformers version."""
 import types
 
 import pytest
@@ -6,6 +6,32 @@ import torch
 import transformers
 
 from prunevid import positions as P
+from prunevid.families import FAMILIES
+
+
+def family_positions(model_type: str, pieces: list):
+    """Our unpruned layout through the family's own hook (it needs no weights)."""
+    cls = FAMILIES[model_type]
+    fake = cls.__new__(cls)                      # the positions hook reads only the vision config
+    fake.model = types.SimpleNamespace(config=types.SimpleNamespace(
+        vision_config=types.SimpleNamespace(tokens_per_second=2)))
+    return cls.positions(fake, pieces)
+
+
+def reference_457(model_type: str, ids, image_grid_thw, video_grid_thw, seconds):
+    """transformers 4.57's get_rope_index of the family: the rule Qwen's own code uses."""
+    if model_type == "qwen2_vl":
+        from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLConfig as Config
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel as Model
+        timing = {}
+    else:
+        from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig as Config
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel as Model
+        timing = {"second_per_grid_ts": torch.tensor(seconds)}
+    cfg = Config(vision_start_token_id=90, image_token_id=91, video_token_id=92)
+    cfg.vision_config.tokens_per_second = 2
+    return Model.get_rope_index(types.SimpleNamespace(config=cfg), ids, image_grid_thw=image_grid_thw,
+                                video_grid_thw=video_grid_thw, **timing)
 
 
 def test_hand_computed_video_layout():
@@ -51,49 +77,79 @@ def test_mrope_tables_match_per_axis_rope():
         assert torch.allclose(sin[:, j + 8], torch.sin(positions[a].float() * inv[j]))
 
 
+def test_qwen2_vl_temporal_position_is_the_group_index():
+    # Qwen2-VL ignores the seconds per group: 3 text tokens, 5 groups of 1 x 2 at any fps, then text
+    for seconds in (0.25, 2.0):
+        pos, delta = family_positions("qwen2_vl", [("text", 3), ("vision", (5, 1, 2), seconds), ("text", 2)])
+        assert pos[0, 3:13].view(5, 2)[:, 0].tolist() == [3, 4, 5, 6, 7]
+        assert pos[:, 13].tolist() == [8, 8, 8]         # max(video positions) + 1, not start + max(h, w) = 5
+        assert delta == 9 + 1 - 15
+    # Qwen2.5-VL with the same pieces spaces its groups by seconds x tokens_per_second (2 per second here)
+    pos, _ = family_positions("qwen2_5_vl", [("text", 3), ("vision", (5, 1, 2), 2.0), ("text", 2)])
+    assert pos[0, 3:13].view(5, 2)[:, 0].tolist() == [3, 7, 11, 15, 19]
+
+
 @pytest.mark.skipif(not transformers.__version__.startswith("4."),
                     reason="transformers 4.57's get_rope_index is the reference; 5.x misplaces text after video")
-def test_matches_transformers_457_get_rope_index():
-    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
-    cfg = Qwen2_5_VLConfig(vision_start_token_id=90, image_token_id=91, video_token_id=92)
-    cfg.vision_config.tokens_per_second = 2
-    fake = types.SimpleNamespace(config=cfg)
+@pytest.mark.parametrize("model_type", list(FAMILIES))
+def test_matches_transformers_457_get_rope_index(model_type):
     for sec in (1.0, 2.0):                               # 4.57 truncates fractional seconds: compare integers
         t, h, w = 6, 4, 6
         ids = [1] * 7 + [90] + [92] * (t * h * w // 4) + [93] + [1] * 9 + [90] + [91] * (h * w // 4) + [93, 1, 1]
-        ids = torch.tensor([ids])
-        ref, ref_delta = Qwen2_5_VLModel.get_rope_index(
-            fake, ids, image_grid_thw=torch.tensor([[1, h, w]]), video_grid_thw=torch.tensor([[t, h, w]]),
-            second_per_grid_ts=torch.tensor([sec]))
-        ours, delta = P.layout([("text", 8), ("vision", (t, h // 2, w // 2), sec, 2), ("text", 11),
-                                ("vision", (1, h // 2, w // 2), 0.0, 2), ("text", 3)])
+        ref, ref_delta = reference_457(model_type, torch.tensor([ids]), torch.tensor([[1, h, w]]),
+                                       torch.tensor([[t, h, w]]), [sec])
+        ours, delta = family_positions(model_type, [("text", 8), ("vision", (t, h // 2, w // 2), sec), ("text", 11),
+                                                    ("vision", (1, h // 2, w // 2), 0.0), ("text", 3)])
         assert torch.equal(ours, ref[:, 0])
         assert delta == int(ref_delta)
 
 
 @pytest.mark.skipif(not transformers.__version__.startswith("4."),
                     reason="transformers 4.57's get_rope_index is the reference; 5.x misplaces text after video")
-def test_several_videos_and_an_image_match_transformers_457_get_rope_index():
+@pytest.mark.parametrize("model_type", list(FAMILIES))
+def test_several_videos_and_an_image_match_transformers_457_get_rope_index(model_type):
     """Each block at its own positions, the text between and after continuing from the previous block's max + 1;
-    here the second video's timeline is longer than its width, where 5.x would go wrong."""
-    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
-    cfg = Qwen2_5_VLConfig(vision_start_token_id=90, image_token_id=91, video_token_id=92)
-    cfg.vision_config.tokens_per_second = 2
-    fake = types.SimpleNamespace(config=cfg)
+    here the second video's timeline is longer than its width (for Qwen2-VL too: 10 groups), where 5.x would go
+    wrong."""
     videos, image = [(4, 6, 8, 1.0), (10, 4, 4, 2.0)], (1, 6, 4)
     ids = [1] * 5
     for t, h, w, _ in videos:
         ids += [90] + [92] * (t * h * w // 4) + [93]
     ids += [1] * 3 + [90] + [91] * (image[1] * image[2] // 4) + [93] + [1] * 6
-    ref, ref_delta = Qwen2_5_VLModel.get_rope_index(
-        fake, torch.tensor([ids]), image_grid_thw=torch.tensor([image]),
-        video_grid_thw=torch.tensor([v[:3] for v in videos]), second_per_grid_ts=torch.tensor([v[3] for v in videos]))
-    pieces = [("text", 6), ("vision", (4, 3, 4), 1.0, 2), ("text", 2), ("vision", (10, 2, 2), 2.0, 2), ("text", 5),
-              ("vision", (1, 3, 2), 0.0, 2), ("text", 7)]
-    ours, delta = P.layout(pieces)
+    ref, ref_delta = reference_457(model_type, torch.tensor([ids]), torch.tensor([image]),
+                                   torch.tensor([v[:3] for v in videos]), [v[3] for v in videos])
+    pieces = [("text", 6), ("vision", (4, 3, 4), 1.0), ("text", 2), ("vision", (10, 2, 2), 2.0), ("text", 5),
+              ("vision", (1, 3, 2), 0.0), ("text", 7)]
+    ours, delta = family_positions(model_type, pieces)
     assert torch.equal(ours, ref[:, 0])
     assert delta == int(ref_delta)
     second = 6 + 48 + 2        # the second video's first token: the text before it ends at the first's max + 1
     assert int(ours[0, second - 1]) == int(ours[:, 6:54].max()) + 2
+
+
+@pytest.mark.skipif(transformers.__version__.startswith("4."), reason="the 5.x rule is what differs")
+@pytest.mark.parametrize("model_type", list(FAMILIES))
+def test_transformers_5_places_text_after_a_long_video_inside_its_timeline(model_type):
+    """What the engine does not inherit: 5.x starts the text after a video at start + max(h, w), whatever the
+    temporal extent, so on a clip with more groups than rows the question lands among the video's positions."""
+    import inspect
+
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+    config = AutoConfig.for_model(model_type, vision_start_token_id=90, image_token_id=91, video_token_id=92)
+    config.vision_config.tokens_per_second = 2
+    model_cls = getattr(transformers, MODEL_MAPPING_NAMES[model_type])
+    fake = types.SimpleNamespace(config=config)
+    fake.get_vision_position_ids = types.MethodType(model_cls.get_vision_position_ids, fake)
+    t, h, w = 12, 4, 4                                   # 12 groups of 2 x 2 LLM tokens
+    ids = torch.tensor([[1] * 4 + [90] + [92] * (t * h * w // 4) + [93] + [1] * 5])
+    types_ = (ids == 92).long() * 2
+    kwargs = {"second_per_grid_ts": torch.tensor([1.0])} if model_type == "qwen2_5_vl" else {}
+    assert "mm_token_type_ids" in inspect.signature(model_cls.get_rope_index).parameters
+    theirs, _ = model_cls.get_rope_index(fake, ids, types_,
+                                         video_grid_thw=torch.tensor([[t, h, w]]), **kwargs)
+    ours, _ = family_positions(model_type, [("text", 5), ("vision", (t, h // 2, w // 2), 1.0), ("text", 6)])
+    after = 5 + t * h * w // 4                           # <|vision_end|>, the first token after the video
+    video_max = int(ours[:, 5:after].max())
+    assert int(ours[0, after]) == video_max + 1          # ours: after the whole timeline
+    assert int(theirs[0, 0, after]) == 5 + max(h, w) // 2 < video_max   # 5.x: inside it

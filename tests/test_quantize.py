@@ -25,6 +25,16 @@ MIN_CORRELATION = {"8bit": 0.995, "4bit": 0.9}
 BNB_LINEAR = {"8bit": "Linear8bitLt", "4bit": "Linear4bit"}
 
 
+@pytest.fixture(scope="module")
+def tiny_model_dir(family_model_dir):       # every test here runs once per family (conftest.py)
+    return family_model_dir
+
+
+@pytest.fixture(scope="module")
+def qm(family_qm):
+    return family_qm
+
+
 def run(qm, clip, preset: str) -> tuple:
     cfg = get_preset(preset)
     pf = engine.prefill(engine.encode(qm, clip, cfg), Q, cfg)

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import torch
 
-from prunevid import engine, positions
+from prunevid import engine
 from prunevid.families import VideoLLM
 from prunevid.testing import _hub_name, build_tiny_model
-from prunevid.video import to_patches
 
 from . import data
 
@@ -55,21 +54,20 @@ class Prompter:
         self.letter_ids = torch.tensor([tok.encode(L, add_special_tokens=False)[0] for L in data.LETTERS])
         self.im_end = qm.token_id("<|im_end|>")
         self.pad = qm.token_id("<|endoftext|>")
-        pre, _ = engine.chat_pieces(qm, ["video"], "?", engine.DEFAULT_SYSTEM_PROMPT)
+        pre, _ = qm.chat_pieces(["video"], "?", engine.DEFAULT_SYSTEM_PROMPT)
         self.prefix = tok.encode(pre, add_special_tokens=False)
         self._suffix = {}
 
     def suffix(self, question: str) -> list:
         """Token ids of the prompt after the video for this question (cached)."""
         if question not in self._suffix:
-            _, suf = engine.chat_pieces(self.qm, ["video"], question, engine.DEFAULT_SYSTEM_PROMPT)
+            _, suf = self.qm.chat_pieces(["video"], question, engine.DEFAULT_SYSTEM_PROMPT)
             self._suffix[question] = self.qm.tokenizer.encode(suf, add_special_tokens=False)
         return self._suffix[question]
 
     def layout(self, n_suffix: int) -> torch.Tensor:
-        sec = 2 / data.FPS                              # temporal_patch_size frames per group, as engine.encode
-        pos, _ = positions.layout([("text", len(self.prefix)), ("vision", self.grid, sec, self.qm.tokens_per_second),
-                                   ("text", n_suffix)])
+        sec = self.qm.seconds_per_group(data.FPS)       # as engine.encode
+        pos, _ = self.qm.positions([("text", len(self.prefix)), ("vision", self.grid, sec), ("text", n_suffix)])
         return pos
 
 
@@ -77,7 +75,7 @@ def pixels(qm, frames_list) -> tuple[torch.Tensor, torch.Tensor]:
     """Patches of several clips, concatenated, and their grid_thw [B, 3] (the engine's to_patches)."""
     out, thw = [], []
     for frames in frames_list:
-        p, g = to_patches(torch.as_tensor(frames), qm.image_mean, qm.image_std)
+        p, g = qm.patches(torch.as_tensor(frames))
         out.append(p)
         thw.append(g)
     return torch.cat(out), torch.tensor(thw)

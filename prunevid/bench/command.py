@@ -125,7 +125,7 @@ def worker(args) -> int:
         lo, hi = VISION_SHARE_RANGE
         if v and not lo <= v["bench_flops"] <= hi:
             _log(f"[bench] note: vision share {100 * v['bench_flops']:.1f} % for {c['video']} {c['frames']}f is "
-                 f"outside {100 * lo:.0f}-{100 * hi:.0f} % (Qwen2.5-VL-7B: {100 * v['qwen2.5-vl-7b_flops']:.1f} %)")
+                 f"outside {100 * lo:.0f}-{100 * hi:.0f} % ({v['headline']}: {100 * v['headline_flops']:.1f} %)")
     return 0
 
 
@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--reps", type=int, default=3, help="repetitions per configuration (median, min, max)")
     ap.add_argument("--new-tokens", type=int, default=32, help="tokens generated for the first question")
     ap.add_argument("--no-second-question", action="store_true", help="skip the reuse-path question")
-    ap.add_argument("--model", default="bench", help="'bench' (built under benchmarks/models), 'tiny', or a folder")
+    ap.add_argument("--model", default="bench", help="'bench' (Qwen2.5-VL, built under benchmarks/models), "
+                    "'bench:qwen2_vl' (Qwen2-VL), 'tiny', 'tiny:qwen2_vl', or a folder")
     ap.add_argument("--max-pixels", type=int, default=448 * 448, help="per frame (library default 448*448)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--device", default="cpu")

@@ -1,26 +1,29 @@
-"""The analytic FLOPs model of a Qwen2.5-VL prefill: vision tower + merger, and the LLM before and after pruning,
-for the bench model and the released 3B / 7B / 32B shapes.
+"""The analytic FLOPs model of a prefill: vision tower + merger, and the LLM before and after pruning, for the bench
+model and the released shapes of its family (Qwen2.5-VL 3B / 7B / 32B, Qwen2-VL 2B / 7B / 72B).
 """
 from __future__ import annotations
 
 
-# The released vision tower of Qwen2.5-VL-3B/7B/32B (the merger's output width is the LLM's hidden size).
-QWEN25VL_VISION = dict(hidden=1280, intermediate=3420, depth=32, fullatt=[7, 15, 23, 31], window=112)
+# The released vision towers (the merger's output width is the LLM's hidden size): Qwen2.5-VL's gated MLP with
+# windowed attention but in 4 blocks; Qwen2-VL's plain MLP (4x) with full attention in every block.
+QWEN25VL_VISION = dict(hidden=1280, intermediate=3420, depth=32, fullatt=[7, 15, 23, 31], window=112, gated=True)
+QWEN2VL_VISION = dict(hidden=1280, intermediate=5120, depth=32, fullatt=list(range(32)), window=112, gated=False)
+RELEASED_VISION = {"qwen2_5_vl": QWEN25VL_VISION, "qwen2_vl": QWEN2VL_VISION}
 PAPER_FLOPS = (0.20, 0.26)          # PruneVid's reported FLOPs ratios (LLaVA-OneVision .. ST-LLM)
 
 
 def vision_flops(t: int, gh: int, gw: int, hidden: int, intermediate: int, depth: int, fullatt, out_hidden: int,
-                 window: int = 112, patch: int = 14, merge: int = 2, temporal_patch: int = 2,
+                 window: int = 112, gated: bool = True, patch: int = 14, merge: int = 2, temporal_patch: int = 2,
                  channels: int = 3) -> float:
-    """FLOPs (multiply-add = 2) of Qwen2.5-VL's vision tower + merger on t temporal groups of gh x gw patches.
+    """FLOPs (multiply-add = 2) of a Qwen vision tower + merger on t temporal groups of gh x gw patches.
 
-    Patch embedding, per block qkv + proj (4 w^2) and the gated MLP (3 w w_ff) on every patch, attention (QK^T and
-    AV, 4 w per key) inside 112-px windows or, in the full-attention blocks, over each temporal group, and the 2x2
-    merger MLP (4w -> 4w -> out).
+    Patch embedding, per block qkv + proj (4 w^2) and the MLP (gated: 3 w w_ff; plain: 2 w w_ff) on every patch,
+    attention (QK^T and AV, 4 w per key) inside 112-px windows or, in the full-attention blocks, over each temporal
+    group, and the 2x2 merger MLP (4w -> 4w -> out).
     """
     P = t * gh * gw
     flops = 2 * P * channels * temporal_patch * patch * patch * hidden
-    flops += depth * 2 * P * (4 * hidden * hidden + 3 * hidden * intermediate)
+    flops += depth * 2 * P * (4 * hidden * hidden + (3 if gated else 2) * hidden * intermediate)
     mh, mw, win = gh // merge, gw // merge, max(1, window // merge // patch)
     window_sq = sum((merge * merge * min(win, mh - r) * min(win, mw - c)) ** 2
                     for r in range(0, mh, win) for c in range(0, mw, win))
@@ -41,16 +44,21 @@ def bench_dims(qm) -> dict:
     """The LLM and vision dimensions of a loaded model, as the FLOPs model needs them."""
     layers, d, d_kv, d_ff = qm.dims()
     vc = qm.config.vision_config
-    return {"layers": layers, "d": d, "d_kv": d_kv, "d_ff": d_ff,
-            "vision": dict(hidden=vc.hidden_size, intermediate=vc.intermediate_size, depth=vc.depth,
-                           fullatt=list(getattr(vc, "fullatt_block_indexes", []) or []),
-                           window=getattr(vc, "window_size", 112))}
+    if qm.model_type == "qwen2_vl":               # embed_dim wide, a plain MLP, full attention in every block
+        vision = dict(hidden=vc.embed_dim, intermediate=vc.embed_dim * vc.mlp_ratio, depth=vc.depth,
+                      fullatt=list(range(vc.depth)), window=112, gated=False)
+    else:
+        vision = dict(hidden=vc.hidden_size, intermediate=vc.intermediate_size, depth=vc.depth,
+                      fullatt=list(getattr(vc, "fullatt_block_indexes", []) or []),
+                      window=getattr(vc, "window_size", 112), gated=True)
+    return {"family": qm.model_type, "layers": layers, "d": d, "d_kv": d_kv, "d_ff": d_ff, "vision": vision}
 
 
-def real_dims() -> dict:
-    from .. import stats
-    return {name: {"layers": L, "d": d, "d_kv": dkv, "d_ff": dff, "vision": QWEN25VL_VISION}
-            for name, (L, d, dkv, dff) in stats.QWEN25VL_DIMS.items()}
+def real_dims(family: str = "qwen2_5_vl") -> dict:
+    """The released shapes of a family (its flops_shapes, with its released vision tower)."""
+    from ..families import FAMILIES
+    return {name: {"layers": L, "d": d, "d_kv": dkv, "d_ff": dff, "vision": RELEASED_VISION[family]}
+            for name, (L, d, dkv, dff) in FAMILIES[family].flops_shapes.items()}
 
 
 def analytic(dims: dict, patch_grid: tuple, seq: dict, pruning_layer: int, ref_layers: int = 28) -> dict:

@@ -108,7 +108,7 @@ def run_once(qm, video_path: str, frames: int, config, new_tokens: int, second_q
     rec["tokens"] = {k: st["tokens"][k] for k in ("video_original", "video_after_stage1", "video_after_stage2",
                                                   "text", "sequence_unpruned", "sequence_after_stage1",
                                                   "sequence_after_stage2")}
-    rec["patch_grid"] = [grid[0], grid[1] * qm.spatial_merge_size, grid[2] * qm.spatial_merge_size]
+    rec["patch_grid"] = [grid[0], grid[1] * qm.merge_size, grid[2] * qm.merge_size]
     rec["kv"] = {"kv_bytes": st["stage3"]["kv_bytes_after"], "kv_bytes_unpruned": st["stage3"]["kv_bytes_unpruned"]}
     if memory:
         rec["memory"] = {"idle_rss_bytes": mem.idle, "peak_rss_bytes": mem.peak,
@@ -130,7 +130,7 @@ def run_throughput_once(qm, requests: list, frames: int, config, batch_size: int
 
     Returns the wall time and its parts, and (memory=True) the process's peak resident memory over the run.
     """
-    from .. import batch, engine
+    from .. import batch, engine, stage3
     from ..video import load_video
 
     gc.collect()

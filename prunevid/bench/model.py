@@ -1,5 +1,6 @@
-"""The bench model: a random Qwen2.5-VL with the 7B's per-layer balance at 1/28 of its width (see prunevid.bench),
-built once under benchmarks/models/ and loaded through from_pretrained like any checkpoint.
+"""The bench model: a random checkpoint of a family (Qwen2.5-VL by default, `bench:qwen2_vl` for Qwen2-VL) with its
+7B's per-layer balance at 1/28 of its width (see prunevid.bench), built once under benchmarks/models/ and loaded
+through from_pretrained like any checkpoint. Qwen2-VL-7B and Qwen2.5-VL-7B share their language model's shape.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ BENCH_MODEL = dict(num_hidden_layers=28, hidden_size=128, intermediate_size=2156
                    num_key_value_heads=1, vision_depth=32, vision_hidden_size=256, vision_intermediate_size=480,
                    vision_num_heads=4, seed=0)
 BENCH_FULLATT = [7, 15, 23, 31]
+# Qwen2-VL's vision MLP is plain and 4x wide (Qwen2.5-VL's is gated): the same 1/5 width, its own ratio
+BENCH_VISION = {"qwen2_5_vl": {}, "qwen2_vl": {"vision_intermediate_size": 4 * BENCH_MODEL["vision_hidden_size"]}}
 
 
 def default_root() -> Path:
@@ -21,40 +24,44 @@ def default_root() -> Path:
     return repo if repo.is_dir() else Path.cwd() / "benchmarks"
 
 
-def bench_model_path(models_dir: Path, spec: dict | None = None, fullatt=None) -> Path:
-    """Build the bench model once into models_dir (cached by its spec) and return its folder."""
+def bench_model_path(models_dir: Path, spec: dict | None = None, fullatt=None, family: str = "qwen2_5_vl") -> Path:
+    """Build the bench model of `family` once into models_dir (cached by its spec) and return its folder."""
     from ..testing import build_once, build_tiny_model
-    spec = dict(BENCH_MODEL if spec is None else spec)
+    spec = dict({**BENCH_MODEL, **BENCH_VISION[family]} if spec is None else spec)
     fullatt = BENCH_FULLATT if fullatt is None else fullatt
     key = hashlib.sha256(json.dumps([spec, fullatt], sort_keys=True).encode()).hexdigest()[:10]
 
     def build(folder: Path) -> None:
-        build_tiny_model(folder, overwrite=True, **spec)
-        cfg_path = folder / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["vision_config"]["fullatt_block_indexes"] = [i for i in fullatt if i < spec["vision_depth"]]
-        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-        (folder / "bench_spec.json").write_text(json.dumps({"build_tiny_model": spec, "fullatt": fullatt}, indent=2))
-    return build_once(Path(models_dir) / f"bench-qwen2.5-vl-7b-shape-{key}", build)
+        build_tiny_model(folder, family=family, overwrite=True, **spec)
+        if family == "qwen2_5_vl":                 # windowed attention but in these blocks (Qwen2-VL: all full)
+            cfg_path = folder / "config.json"
+            cfg = json.loads(cfg_path.read_text())
+            cfg["vision_config"]["fullatt_block_indexes"] = [i for i in fullatt if i < spec["vision_depth"]]
+            cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+        (folder / "bench_spec.json").write_text(json.dumps({"build_tiny_model": spec, "fullatt": fullatt,
+                                                            "family": family}, indent=2))
+    name = "bench-qwen2.5-vl-7b-shape" if family == "qwen2_5_vl" else f"bench-{family}-7b-shape"
+    return build_once(Path(models_dir) / f"{name}-{key}", build)
 
 
 def describe_model(qm, dims) -> str:
-    tc, vc = qm.text_config, qm.config.vision_config
+    tc, v = qm.text_config, dims["vision"]
     hd = tc.hidden_size // tc.num_attention_heads
     bal = dims["d"] + dims["d_kv"] + 1.5 * dims["d_ff"]
-    return (f"{Path(qm.name).name} — LLM {dims['layers']} layers, d {dims['d']}, "
+    full = ("every block" if len(v["fullatt"]) == v["depth"] else f"blocks {v['fullatt']}")
+    return (f"{Path(qm.name).name} ({qm.display_name}) — LLM {dims['layers']} layers, d {dims['d']}, "
             f"{tc.num_attention_heads} query heads / {tc.num_key_value_heads} KV heads of {hd}, MLP {dims['d_ff']} "
             f"(d + d_kv + 1.5·d_ff = {bal:.0f}; "
-            f"Qwen2.5-VL-7B: 32512); vision {vc.depth} blocks of width {vc.hidden_size} (MLP {vc.intermediate_size}, "
-            f"full attention in blocks {dims['vision']['fullatt']}); random weights")
+            f"{next(iter(qm.flops_shapes))}: 32512); vision {v['depth']} blocks of width {v['hidden']} "
+            f"({'gated ' if v['gated'] else ''}MLP {v['intermediate']}, full attention in {full}); random weights")
 
 
 def model_path(model: str, models_dir: Path) -> Path:
-    """The checkpoint a benchmark loads: 'bench' (built once into models_dir), 'tiny' (the tests' tiny model) or a
-    folder."""
-    if model == "bench":
-        return bench_model_path(models_dir)
-    if model == "tiny":
-        from ..testing import tiny_model_path
-        return tiny_model_path()
+    """The checkpoint a benchmark loads: 'bench' or 'bench:<model_type>' (built once into models_dir), 'tiny' or
+    'tiny:<model_type>' (the tests' tiny models) or a folder."""
+    if model == "bench" or model.startswith("bench:"):
+        return bench_model_path(models_dir, family=model.partition(":")[2] or "qwen2_5_vl")
+    if model == "tiny" or model.startswith("tiny:"):
+        from ..loader import resolve_model
+        return Path(resolve_model(model))
     return Path(model)

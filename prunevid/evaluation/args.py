@@ -1,4 +1,6 @@
-"""model_args of the lmms-eval model `prunevid_qwen2_5_vl`, checked before any model is loaded.
+"""model_args of the lmms-eval models `prunevid_qwen2_5_vl` and `prunevid_qwen2_vl`, checked before any model is
+loaded. One model name per family, as lmms-eval names its own (qwen2_5_vl, qwen2_vl); each accepts a checkpoint of any
+supported family and differs only in its default `pretrained`.
 
     lmms-eval --model prunevid_qwen2_5_vl --model_args pretrained=...,preset=paper,keep_ratio=0.3,max_frames=16 ...
 
@@ -19,6 +21,8 @@ from ..video import MIN_PIXELS
 
 MODEL_ID = "prunevid_qwen2_5_vl"
 DEFAULT_PRETRAINED = "Qwen/Qwen2.5-VL-7B-Instruct"
+# one model name per family -> its default pretrained
+MODEL_IDS = {MODEL_ID: DEFAULT_PRETRAINED, "prunevid_qwen2_vl": "Qwen/Qwen2-VL-7B-Instruct"}
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 VIDEO_READERS = ("qwen_vl_utils", "prunevid")
 # PruneVidConfig fields a model_arg may override (verbose and collect_stats are the plugin's business)
@@ -76,15 +80,16 @@ def _coerce(name: str, value, kind: str):
     return str(value)
 
 
-def _unknown(name: str) -> ConfigError:
+def _unknown(name: str, model_id: str) -> ConfigError:
     close = difflib.get_close_matches(name, valid_names(), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    return ConfigError(f"unknown model_arg {name!r} for {MODEL_ID}{hint}; valid: {', '.join(valid_names())}")
+    return ConfigError(f"unknown model_arg {name!r} for {model_id}{hint}; valid: {', '.join(valid_names())}")
 
 
-def parse(kwargs: dict) -> EvalSettings:
-    """The keyword arguments lmms-eval passes to the model (model_args + batch_size, ...) -> EvalSettings."""
-    own = {"pretrained": DEFAULT_PRETRAINED, "preset": "paper", "min_pixels": MIN_PIXELS,
+def parse(kwargs: dict, model_id: str = MODEL_ID) -> EvalSettings:
+    """The keyword arguments lmms-eval passes to the model `model_id` (model_args + batch_size, ...) ->
+    EvalSettings."""
+    own = {"pretrained": MODEL_IDS[model_id], "preset": "paper", "min_pixels": MIN_PIXELS,
            "video_reader": "qwen_vl_utils", "dtype": "auto", "device": "auto", "attention": "sdpa",
            "system_prompt": DEFAULT_SYSTEM_PROMPT, "seed": 0, "quantization": "none", "device_map": ""}
     types = {f.name: f.type for f in dataclasses.fields(PruneVidConfig)}
@@ -109,7 +114,7 @@ def parse(kwargs: dict) -> EvalSettings:
         elif field in CONFIG_FIELDS:
             overrides[field] = _coerce(name, value, types[field])
         else:
-            raise _unknown(name)
+            raise _unknown(name, model_id)
     if own["preset"] not in PRESETS:
         raise ConfigError(f"model_arg preset={own['preset']!r}: choose one of {', '.join(sorted(PRESETS))}")
     if own["video_reader"] not in VIDEO_READERS:

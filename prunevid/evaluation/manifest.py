@@ -7,3 +7,6 @@ from lmms_eval.models.registry_v2 import ModelManifest
 
 MANIFEST = ModelManifest(model_id="prunevid_qwen2_5_vl",
                          chat_class_path="prunevid.evaluation.model.PruneVidQwen25VLEval")
+
+QWEN2_VL = ModelManifest(model_id="prunevid_qwen2_vl",
+                         chat_class_path="prunevid.evaluation.model.PruneVidQwen2VLEval")

@@ -50,27 +50,28 @@ def _print_summaries() -> None:
         print(records.format_aggregates(rows, title), flush=True)
 
 
-def _fail(e: Exception):
+def _fail(e: Exception, model_id: str):
     """A bad model_arg or model: one line and exit status 1, as a bad command-line argument would."""
-    raise SystemExit(f"{eval_args.MODEL_ID}: error: {e}") from None
+    raise SystemExit(f"{model_id}: error: {e}") from None
 
 
 class PruneVidQwen25VLEval(lmms):
     is_simple = False
+    MODEL_ID = eval_args.MODEL_ID            # lmms-eval's --model name (its default `pretrained`)
 
     def __init__(self, **kwargs) -> None:
         super().__init__()
         try:
-            self.settings = s = eval_args.parse(kwargs)
+            self.settings = s = eval_args.parse(kwargs, self.MODEL_ID)
         except PruneVidError as e:
-            _fail(e)
+            _fail(e, self.MODEL_ID)
         self.accelerator = Accelerator()
         device = s.device
         if self.accelerator.num_processes > 1:
             # one model per process, on the device accelerate gives it (cuda:LOCAL_RANK; cpu on a machine without GPUs)
             if device not in ("auto", str(self.accelerator.device)):
                 _fail(ConfigError(f"model_arg device={device} with {self.accelerator.num_processes} processes: each "
-                                  "process must use its own device; leave device unset (auto)"))
+                                  "process must use its own device; leave device unset (auto)"), self.MODEL_ID)
             device = str(self.accelerator.device)
             self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
         try:
@@ -78,7 +79,7 @@ class PruneVidQwen25VLEval(lmms):
                                        attention=s.attention, quantization=s.quantization,
                                        device_map=s.device_map or None)
         except PruneVidError as e:
-            _fail(e)
+            _fail(e, self.MODEL_ID)
         self._device = self.pv.model.device
         self.batch_size_per_gpu = s.batch_size
 
@@ -211,7 +212,7 @@ class PruneVidQwen25VLEval(lmms):
             torch.distributed.all_gather_object(everyone, mine)
         if self.rank != 0:
             return
-        title = (f"\nPruneVid ({eval_args.MODEL_ID}, {self.settings.label()}; {self.settings.pretrained}): "
+        title = (f"\nPruneVid ({self.MODEL_ID}, {self.settings.label()}; {self.settings.pretrained}): "
                  "pruning per task")
         if not _SUMMARIES:
             atexit.register(_print_summaries)
@@ -225,3 +226,8 @@ class PruneVidQwen25VLEval(lmms):
         overall = records.aggregate(now)
         log_metrics(total_elapsed_time=elapsed, total_gen_tokens=sum(r["new_tokens"] for r in now), avg_speed=0.0,
                     additional_metrics={f"prunevid_{k}": overall[k] for k, _ in records.AGGREGATES})
+
+
+class PruneVidQwen2VLEval(PruneVidQwen25VLEval):
+    """`prunevid_qwen2_vl`: the same model with Qwen2-VL-7B-Instruct as its default `pretrained`."""
+    MODEL_ID = "prunevid_qwen2_vl"

@@ -48,11 +48,11 @@ def _value(v: str):
 
 
 def run_label(model: str, model_args: str) -> str:
-    if model != eval_args.MODEL_ID:
+    if model not in eval_args.MODEL_IDS:
         return model
     kwargs = dict(a.split("=", 1) for a in str(model_args or "").split(",") if "=" in a)
     try:
-        return eval_args.parse({k: _value(v) for k, v in kwargs.items()}).label()
+        return eval_args.parse({k: _value(v) for k, v in kwargs.items()}, model).label()
     except Exception:          # model_args of another version: show them as they are
         return f"{model} ({model_args})"
 
