@@ -155,7 +155,7 @@ def load(model_path: str, dtype: str = "auto", device: str = "auto", attention: 
         looks_like_hub_id = str(model_path).count("/") == 1 and not str(model_path).startswith((".", "/", "~"))
         if not looks_like_hub_id:
             raise ModelError(f"model folder {model_path} does not exist (nor is it a hub id like "
-                             f"'{next(iter(families.DEFAULT.hub_ids))}')")
+                             "'Qwen/Qwen2.5-VL-7B-Instruct')")
         source = str(model_path)
         family = families.for_hub_id(source)
     offline = not local.exists() and hub_offline(source)

@@ -124,6 +124,7 @@ class PruneVid:
             engine.check_budget(visual, self.config, self.family)
             if on_status:
                 on_status(f"loading {self.model_path} ...")
+            self.model                                          # noqa: B018  (loads now)
         if on_status:
             on_status(f"vision tower{' + Stage 1' if self.config.enable_stage1 else ''} on "
                       f"{engine.describe(engine.visual_items(visual))} ...")

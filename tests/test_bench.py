@@ -180,3 +180,20 @@ def test_readme_without_the_markers_stops_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         command.main(["--readme", str(page)])
     assert e.value.code == 2 and "has no <!-- bench:start --> ... <!-- bench:end --> markers" in capsys.readouterr().err
+
+
+def test_a_qwen2_vl_bench_reports_its_own_family(tmp_path):
+    """The bench model and the FLOPs table follow the model's family: Qwen2-VL's released shapes (2B / 7B / 72B)
+    with its vision tower (plain MLP, full attention in every block)."""
+    rc = command.main(["--model", "tiny:qwen2_vl", "--videos", "carphone", "--frames", "4", "--reps", "1",
+                       "--new-tokens", "2", "--presets", "baseline,paper", "--out-dir", str(tmp_path), "--name", "q2",
+                       "--no-second-question"])
+    assert rc == 0
+    res = json.loads((tmp_path / "q2.json").read_text())
+    assert res["meta"]["model_dims"]["family"] == "qwen2_vl"
+    paper = res["cases"][0]["presets"]["paper"]
+    assert set(paper["analytic"]) == {"bench", "Qwen2-VL-7B", "Qwen2-VL-2B", "Qwen2-VL-72B"}
+    assert {"flops_ratio_2b", "flops_ratio_7b", "flops_ratio_72b"} <= set(paper["ratios"])
+    assert "bench / 2B / 7B / 72B" in (tmp_path / "q2.md").read_text()
+    released = flops.real_dims("qwen2_vl")["Qwen2-VL-7B"]["vision"]
+    assert not released["gated"] and released["fullatt"] == list(range(32))

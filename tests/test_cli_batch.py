@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from prunevid import PruneVidQwen25VL, cli, get_paper_config
+from prunevid import PruneVid, cli, get_paper_config
 from prunevid.video import sample_video_path
 
 Q = "What changed between the two clips?"
@@ -21,7 +21,7 @@ def test_ask_takes_several_videos_for_one_prompt(tiny_model_dir, tmp_path, capsy
     assert cli.main(["ask", "--video", "sample:bigbuckbunny.mp4", "--video", "sample:bikes.mp4", "--question", Q,
                      *common]) == 0
     assert capsys.readouterr().out == positional.out
-    pv = PruneVidQwen25VL(str(tiny_model_dir), config=get_paper_config(max_frames=4), device="cpu", dtype="fp32")
+    pv = PruneVid(str(tiny_model_dir), config=get_paper_config(max_frames=4), device="cpu", dtype="fp32")
     library = pv.generate(videos=[sample_video_path("bigbuckbunny.mp4"), sample_video_path("bikes.mp4")],
                           question=Q, max_new_tokens=6)
     assert positional.out.strip() == library == data["answer"]
@@ -55,7 +55,7 @@ def test_batch_resumes_after_an_interruption_without_redoing_answered_lines(tiny
     out = tmp_path / "answers.jsonl"
     run = ["batch", str(requests), "--out", str(out), "--model", str(tiny_model_dir), "--max-frames", "4",
            "--max-new-tokens", "4", "--batch-size", "2"]
-    real = PruneVidQwen25VL.generate_batch
+    real = PruneVid.generate_batch
     asked = []
 
     def interrupted_on_the_second_batch(self, reqs, *args, **kwargs):
@@ -64,7 +64,7 @@ def test_batch_resumes_after_an_interruption_without_redoing_answered_lines(tiny
             raise KeyboardInterrupt
         return real(self, reqs, *args, **kwargs)
 
-    monkeypatch.setattr(PruneVidQwen25VL, "generate_batch", interrupted_on_the_second_batch)
+    monkeypatch.setattr(PruneVid, "generate_batch", interrupted_on_the_second_batch)
     assert cli.main(run) == 130
     assert "interrupted" in capsys.readouterr().err
     first = answers(out)
@@ -75,7 +75,7 @@ def test_batch_resumes_after_an_interruption_without_redoing_answered_lines(tiny
     with out.open("a") as f:
         f.write('{"id": 7, "question": "Who is in the car?", "ans')
     asked.clear()
-    monkeypatch.setattr(PruneVidQwen25VL, "generate_batch",
+    monkeypatch.setattr(PruneVid, "generate_batch",
                         lambda self, reqs, *a, **k: asked.append([r["question"] for r in reqs]) or real(self, reqs,
                                                                                                      *a, **k))
     assert cli.main(run) == 1                                   # the broken video stays an error
@@ -101,7 +101,7 @@ def test_batch_answers_equal_the_library_and_stats_are_optional(tiny_model_dir, 
                      "--max-new-tokens", "4", "--batch-size", "4", "--stats"]) == 1
     got = {a["id"]: a for a in answers(out)}
     assert got[7]["stats"]["batch"] == {"size": 3, "row": 2} and "stats" not in got["broken"]
-    pv = PruneVidQwen25VL(str(tiny_model_dir), config=get_paper_config(max_frames=4), device="cpu", dtype="fp32")
+    pv = PruneVid(str(tiny_model_dir), config=get_paper_config(max_frames=4), device="cpu", dtype="fp32")
     assert got[7]["answer"] == pv.generate(video_path=sample_video_path("carphone_pristine.mp4"),
                                            question="Who is in the car?", max_new_tokens=4)
 

@@ -159,6 +159,7 @@ def test_every_family_from_the_cli_and_the_api(tmp_path, capsys):
     assert pv._model is None and pv.family.display_name == "Qwen2-VL"      # known from config.json, not loaded
     out = pv.generate(video_path=sample_video_path("bikes.mp4"), question=Q, max_new_tokens=2, return_stats=True)
     assert out["stats"]["family"] == "Qwen2-VL" and type(pv.model).__name__ == "Qwen2VL"
+    capsys.readouterr()
     assert cli.main(["ask", "sample:bikes.mp4", Q, "--model", "tiny:llama"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model_type 'llama'" in err and "qwen2_vl (Qwen2-VL)" in err
