@@ -1,8 +1,8 @@
 """Shared fixtures: the tiny random checkpoints built on disk (Qwen2.5-VL, and one of every family for the tests
 that run over all of them), real sample video clips, the pack as ComfyUI loads it.
 
-A test module runs over every family by overriding `tiny_model_dir` and `qm` with `family_model_dir` and
-`family_qm` (see test_engine.py): each of its tests then runs once per family, with the family's id in its name.
+A test module runs over every family by setting EVERY_FAMILY = True: each of its tests that uses `qm` or
+`tiny_model_dir` then runs once per family in FAMILIES, with the family's model_type in its name.
 """
 import importlib.util
 from pathlib import Path
@@ -15,26 +15,24 @@ PACK_DIR = Path(__file__).resolve().parent.parent
 torch.set_num_threads(2)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir():
-    from prunevid.testing import tiny_model_path
-    return tiny_model_path()
-
-
 FAMILIES = ("qwen2_5_vl", "qwen2_vl")          # every supported family (prunevid.families.FAMILIES)
 
 
-@pytest.fixture(scope="session", params=FAMILIES)
-def family_model_dir(request):
-    """The tiny checkpoint of each family in turn."""
-    from prunevid.loader import resolve_model
-    return Path(resolve_model(f"tiny:{request.param}"))
+def pytest_generate_tests(metafunc):
+    if getattr(metafunc.module, "EVERY_FAMILY", False) and {"qm", "tiny_model_dir"} & set(metafunc.fixturenames):
+        metafunc.parametrize("family", FAMILIES, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="session")
-def family_qm(family_model_dir):
-    from prunevid import loader
-    return loader.load(str(family_model_dir), dtype="fp32", device="cpu")
+def family(request):
+    """The model_type of the tiny checkpoint under test: Qwen2.5-VL, or each family in turn (EVERY_FAMILY)."""
+    return getattr(request, "param", "qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(family):
+    from prunevid.loader import resolve_model
+    return Path(resolve_model(f"tiny:{family}"))
 
 
 @pytest.fixture(scope="session")

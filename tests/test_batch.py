@@ -9,15 +9,7 @@ from prunevid.video import load_video, sample_video_path
 QUESTIONS = ["What is the rabbit doing in this video?", "Who sits in the car, and what do they do?",
              "Bikes?", "What changed between the two clips?"]
 
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(family_model_dir):       # every test here runs once per family (conftest.py)
-    return family_model_dir
-
-
-@pytest.fixture(scope="module")
-def qm(family_qm):
-    return family_qm
+EVERY_FAMILY = True        # each test runs once per family (conftest.py)
 
 
 @pytest.fixture(scope="module")

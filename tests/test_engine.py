@@ -12,15 +12,7 @@ from prunevid.errors import BudgetError, ConfigError, InputError, ModelError
 
 Q = "What is the rabbit doing in this video?"
 
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(family_model_dir):       # every test here runs once per family
-    return family_model_dir
-
-
-@pytest.fixture(scope="module")
-def qm(family_qm):
-    return family_qm
+EVERY_FAMILY = True        # each test runs once per family (conftest.py)
 
 
 def transformers_inputs(qm, encoded, clip):

@@ -15,15 +15,7 @@ from prunevid.video import load_video, sample_video_path
 
 Q = "What changed between the two clips?"
 
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(family_model_dir):       # every test here runs once per family (conftest.py)
-    return family_model_dir
-
-
-@pytest.fixture(scope="module")
-def qm(family_qm):
-    return family_qm
+EVERY_FAMILY = True        # each test runs once per family (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,7 @@ from prunevid.errors import ConfigError
 Q = "What is the rabbit doing in this video?"
 ON_DISK = range(6, 15)      # around the pruning layer 10 of every preset
 
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(family_model_dir):       # every test here runs once per family (conftest.py)
-    return family_model_dir
-
-
-@pytest.fixture(scope="module")
-def qm(family_qm):
-    return family_qm
+EVERY_FAMILY = True        # each test runs once per family (conftest.py)
 
 
 def device_map(num_layers: int) -> dict:

@@ -24,15 +24,7 @@ CLEAR_MARGIN = {"8bit": 0.005, "4bit": 0.02}
 MIN_CORRELATION = {"8bit": 0.995, "4bit": 0.9}
 BNB_LINEAR = {"8bit": "Linear8bitLt", "4bit": "Linear4bit"}
 
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(family_model_dir):       # every test here runs once per family (conftest.py)
-    return family_model_dir
-
-
-@pytest.fixture(scope="module")
-def qm(family_qm):
-    return family_qm
+EVERY_FAMILY = True        # each test runs once per family (conftest.py)
 
 
 def run(qm, clip, preset: str) -> tuple:
