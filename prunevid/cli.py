@@ -290,7 +290,8 @@ def add_run_flags(p) -> None:
     """The model, preset and decoding flags `ask` and `batch` share."""
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="PruneVid settings (default: %(default)s)")
     p.add_argument("--config", choices=sorted(PRESETS), help=argparse.SUPPRESS)
-    p.add_argument("--model", default=DEFAULT_MODEL, help="local folder or hub id of any supported family (Qwen2.5-VL, Qwen2-VL), "
+    p.add_argument("--model", default=DEFAULT_MODEL, help="local folder or hub id of any supported family "
+                   "(Qwen2.5-VL, Qwen2-VL), "
                    "'tiny' or 'tiny:qwen2_vl' (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | mps | cpu (default: %(default)s)")
     p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32 (default: %(default)s)")
@@ -317,7 +318,7 @@ def main(argv=None) -> int:
     if argv[:1] == ["bench"]:
         from . import bench
         return bench.main(argv[1:])
-    ap = argparse.ArgumentParser(prog="prunevid", description="PruneVid token pruning for Qwen2.5-VL video QA")
+    ap = argparse.ArgumentParser(prog="prunevid", description="PruneVid token pruning for video LLMs (Qwen2.5-VL, Qwen2-VL)")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     ask = sub.add_parser("ask", help="answer a question about one or more videos, streaming the answer")

@@ -14,7 +14,7 @@ class VideoError(PruneVidError):
 
 
 class ModelError(PruneVidError):
-    """A model folder or hub id is not a loadable Qwen2.5-VL checkpoint."""
+    """A model folder or hub id is not a loadable checkpoint of a supported family."""
 
 
 class BudgetError(PruneVidError):

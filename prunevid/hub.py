@@ -43,7 +43,7 @@ def hub_offline(repo_id: str) -> bool:
     return not reachable
 
 
-# what from_pretrained reads from a Qwen2.5-VL repo (top level only): configs, tokenizer, weights
+# what from_pretrained reads from a Qwen2-VL / Qwen2.5-VL repo (top level only): configs, tokenizer, weights
 _MODEL_FILES = ("*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken")
 
 

@@ -1,4 +1,4 @@
-"""Qwen2-VL's and Qwen2.5-VL's 3-D (M-RoPE) positions, computed with the original rule on every transformers version.
+"""Qwen2-VL's and Qwen2.5-VL's 3-D (M-RoPE) positions, by the original rule on every transformers version.
 
 A prompt is a sequence of pieces: text runs and vision blocks. Text advances all three axes together. A vision
 block of llm grid (t, h, w) starting at `start` gets

@@ -1,9 +1,9 @@
 """8-bit and 4-bit weights (bitsandbytes, through transformers' BitsAndBytesConfig), and what weights weigh.
 
 Only the language model's linear layers are quantised: q/k/v/o and the MLP of every decoder layer, which are about
-nine tenths of a Qwen2-VL's or Qwen2.5-VL's parameters (each family names what stays in its dtype: keep_in_dtype). The vision tower, the embeddings, the norms and lm_head stay in the
-model's dtype (the usual bitsandbytes practice for lm_head; for the vision tower no test here shows that
-quantising it is safe). 4-bit is NF4 with double quantisation, computing in the model's dtype (bf16 on GPUs that
+nine tenths of a Qwen2-VL's or Qwen2.5-VL's parameters (each family names what stays in its dtype: keep_in_dtype).
+The vision tower, the embeddings, the norms and lm_head stay in the model's dtype (the usual bitsandbytes practice
+for lm_head; for the vision tower no test here shows that quantising it is safe). 4-bit is NF4 with double quantisation, computing in the model's dtype (bf16 on GPUs that
 have it). The engine calls quantised layers like any other module: its own layer loop, and Stage 2's direct
 q_proj / k_proj calls, go through bitsandbytes' Linear8bitLt / Linear4bit forward.
 """
