@@ -25,7 +25,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import sysconfig
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
