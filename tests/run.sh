@@ -85,7 +85,7 @@ if [ -f "$COMFY/main.py" ]; then
   COMFY=$(cd "$COMFY" && pwd)
   if python tests/comfyui_venv.py "$CVENV" "$COMFY" > "$logs/comfyui-venv" 2>&1; then
     # PRUNEVID_REQUIRE_COMFYUI: here a Python that cannot run ComfyUI fails the test instead of skipping it
-    PRUNEVID_REQUIRE_COMFYUI=1 COMFYUI_DIR="$COMFY" COMFYUI_PYTHON="$CVENV/bin/python" python -m pytest -q -rs \
+    PRUNEVID_REQUIRE_COMFYUI=1 COMFYUI_DIR="$COMFY" COMFYUI_PYTHON="$PWD/$CVENV/bin/python" python -m pytest -q -rs \
       -p no:cacheprovider tests/test_comfyui_e2e.py "$@" 2>&1 | tee "$logs/comfyui"
     comfyui=${PIPESTATUS[0]}
   else

@@ -31,6 +31,8 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR") or str(SHARED_TREE)
 VENV_PYTHON = PACK_DIR / ".cache" / "venv-comfyui" / "bin" / "python"
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or (
     str(VENV_PYTHON) if (VENV_PYTHON.parent.parent / ".complete").is_file() else sys.executable)
+if os.sep in COMFYUI_PYTHON:            # a relative path: the server runs in COMFYUI_DIR, not here
+    COMFYUI_PYTHON = os.path.abspath(COMFYUI_PYTHON)
 REQUIRED = os.environ.get("PRUNEVID_REQUIRE_COMFYUI") == "1"
 PACK_NAME = "prunevid-qwen25vl"
 TINY = "tiny-qwen2.5-vl"

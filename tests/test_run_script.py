@@ -78,7 +78,7 @@ def test_every_phase_runs_and_any_failure_fails_the_command(checkout, rc_main, r
     assert calls[2].startswith("eval: ") and "tests/test_lmms_eval.py" in calls[2]   # then lmms-eval, in its venv
     # then ComfyUI's Python is built (or found ready) and the real-ComfyUI test runs with it, required to run
     assert calls[3] == f"comfyui-venv: tests/comfyui_venv.py .cache/venv-comfyui {checkout / 'comfy'}"
-    assert calls[4].startswith(f"comfyui: require=1 dir={checkout / 'comfy'} python=.cache/venv-comfyui/bin/python ")
+    assert calls[4].startswith(f"comfyui: require=1 dir={checkout / 'comfy'} python={checkout}/.cache/venv-comfyui/bin/python ")
     assert "--ignore=tests/test_lmms_eval.py" in calls[0]                  # not in the main environment
     assert "--ignore=tests/test_comfyui_e2e.py" in calls[0]
     assert all(c.endswith("-k x") for c in calls if not c.startswith("comfyui-venv: "))  # the arguments reach every phase
