@@ -23,3 +23,23 @@ class BudgetError(PruneVidError):
 
 class InputError(PruneVidError, ValueError):
     """A question or prompt is unusable (empty, too long)."""
+
+
+def library_name(cls: type) -> type:
+    """Names an error class as the library does (`prunevid.errors.VideoError`), however this package was imported.
+
+    ComfyUI imports the node pack by its folder path, so the pack's copy of this module is
+    `<path>/custom_nodes/prunevid-qwen25vl.prunevid.errors`, and ComfyUI's /history, its log and every traceback name
+    an error by its class's `__module__` and `__qualname__`: the folder path would be part of every error's name.
+    Only the name changes: the pack's classes stay its own (`except` and `isinstance` work as before); pickling one
+    would look the name up in an installed `prunevid`, which nothing here does.
+    """
+    head, sep, tail = cls.__module__.rpartition(".prunevid.")
+    if sep:
+        cls.__module__ = "prunevid." + tail
+    return cls
+
+
+for _cls in (PruneVidError, ConfigError, VideoError, ModelError, BudgetError, InputError):
+    library_name(_cls)
+del _cls

@@ -7,9 +7,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .errors import ModelError
+from .errors import ModelError, library_name
 
 
+@library_name
 class HubUnreachable(ModelError):
     """A hub id that is not in the Hugging Face cache while the hub cannot be reached.
 

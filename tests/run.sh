@@ -2,7 +2,8 @@
 # The test command (README): the whole suite on the installed transformers (5.x), then everything that touches
 # transformers again on 4.57.x (what many ComfyUI installs still run), installed side by side in .cache/tf457,
 # then the lmms-eval tests in their own venv, .cache/venv-eval (the [eval] extra: lmms-eval 0.7.3 pins av<16 and
-# needs filelock<4, so installed into the main environment it would change what the other phases run on).
+# needs filelock<4, so installed into the main environment it would change what the other phases run on), then the
+# real-ComfyUI test with ComfyUI's Python in .cache/venv-comfyui.
 # Every phase always runs (a failure in one must not hide the others); the command repeats the summaries and
 # fails if any phase failed.
 set -uo pipefail
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 
-python -m pytest -q -rs --ignore=tests/test_lmms_eval.py "$@" 2>&1 | tee "$logs/main"
+python -m pytest -q -rs --ignore=tests/test_lmms_eval.py --ignore=tests/test_comfyui_e2e.py "$@" 2>&1 | tee "$logs/main"
 main=${PIPESTATUS[0]}
 
 TF457=.cache/tf457
@@ -72,8 +73,35 @@ else
   lmms=1
 fi
 
+# A real ComfyUI server (tests/test_comfyui_e2e.py). The source tree is $COMFYUI_DIR or ../shared/comfyui/ComfyUI
+# (kept beside the checkout for the tests: ComfyUI is not on PyPI; it may be read-only, the server writes only into a
+# temporary --base-directory). ComfyUI's Python, .cache/venv-comfyui, is built by tests/comfyui_venv.py: ComfyUI's
+# requirements, then the install commands of docs/comfyui.md as written, torch and torchvision borrowed from the main
+# environment (held at its versions: never a second torch), and it fails unless exactly one OpenCV ends up installed.
+# It is rebuilt when what it was built from changes. Without a tree the test skips and says why.
+COMFY=${COMFYUI_DIR:-../shared/comfyui/ComfyUI}
+CVENV=.cache/venv-comfyui
+if [ -f "$COMFY/main.py" ]; then
+  COMFY=$(cd "$COMFY" && pwd)
+  if python tests/comfyui_venv.py "$CVENV" "$COMFY" > "$logs/comfyui-venv" 2>&1; then
+    # PRUNEVID_REQUIRE_COMFYUI: here a Python that cannot run ComfyUI fails the test instead of skipping it
+    PRUNEVID_REQUIRE_COMFYUI=1 COMFYUI_DIR="$COMFY" COMFYUI_PYTHON="$PWD/$CVENV/bin/python" python -m pytest -q -rs \
+      -p no:cacheprovider tests/test_comfyui_e2e.py "$@" 2>&1 | tee "$logs/comfyui"
+    comfyui=${PIPESTATUS[0]}
+  else
+    tail -n 30 "$logs/comfyui-venv"
+    echo "could not build ComfyUI's Python in $CVENV (tests/comfyui_venv.py)" | tee "$logs/comfyui"
+    comfyui=1
+  fi
+else
+  python -m pytest -q -rs -p no:cacheprovider tests/test_comfyui_e2e.py "$@" 2>&1 | tee "$logs/comfyui"
+  comfyui=${PIPESTATUS[0]}
+fi
+[ "$comfyui" = 5 ] && [ $# -gt 0 ] && comfyui=0     # the arguments selected none of these tests
+
 echo
 echo "installed transformers: $(tail -n 1 "$logs/main")"
 echo "transformers 4.57.6:    $(tail -n 1 "$logs/tf457")"
 echo "lmms-eval (venv-eval):  $(tail -n 1 "$logs/eval")"
-[ "$main" = 0 ] && [ "$tf457" = 0 ] && [ "$lmms" = 0 ]
+echo "ComfyUI (venv-comfyui): $(tail -n 1 "$logs/comfyui")"
+[ "$main" = 0 ] && [ "$tf457" = 0 ] && [ "$lmms" = 0 ] && [ "$comfyui" = 0 ]

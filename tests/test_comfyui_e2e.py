@@ -1,16 +1,19 @@
 """End to end on a real ComfyUI: the pack loads, the shipped workflows are listed, `prunevid submit` runs one.
 
-Runs only when COMFYUI_DIR points at a ComfyUI checkout (main.py) and COMFYUI_PYTHON (default: this Python) can run
-it with this package installed (`pip install -e <this repo>` in ComfyUI's env). CI has no ComfyUI: it skips.
+The ComfyUI source tree is COMFYUI_DIR, or else ../shared/comfyui/ComfyUI beside this checkout (a ComfyUI 0.3.64 kept
+there for the tests: ComfyUI is not on PyPI). Its Python is COMFYUI_PYTHON, or else .cache/venv-comfyui, which
+tests/run.sh builds from ComfyUI's requirements and the install commands of docs/comfyui.md (tests/comfyui_venv.py),
+or else this Python. Without a tree the tests skip, saying why; tests/run.sh runs them with
+PRUNEVID_REQUIRE_COMFYUI=1 when it found one, so there a Python that cannot run it fails instead of skipping.
 
-The server runs with `--base-directory` set to a temporary folder, so nothing is written into the checkout: the
-pack is linked into that folder's custom_nodes/ and the tiny random Qwen2.5-VL is copied into its models/LLM/.
+The server runs with `--base-directory` set to a temporary folder, so nothing is written into the tree (which may be
+read-only): the pack is linked into that folder's custom_nodes/, and the tiny random Qwen2.5-VL is written into its
+models/LLM/ by `prunevid make-tiny-model`, as docs/comfyui.md's quick start says.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,8 +26,14 @@ import pytest
 
 from conftest import PACK_DIR
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
-COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or sys.executable
+SHARED_TREE = PACK_DIR.parent / "shared" / "comfyui" / "ComfyUI"
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR") or str(SHARED_TREE)
+VENV_PYTHON = PACK_DIR / ".cache" / "venv-comfyui" / "bin" / "python"
+COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON") or (
+    str(VENV_PYTHON) if (VENV_PYTHON.parent.parent / ".complete").is_file() else sys.executable)
+if os.sep in COMFYUI_PYTHON:            # a relative path: the server runs in COMFYUI_DIR, not here
+    COMFYUI_PYTHON = os.path.abspath(COMFYUI_PYTHON)
+REQUIRED = os.environ.get("PRUNEVID_REQUIRE_COMFYUI") == "1"
 PACK_NAME = "prunevid-qwen25vl"
 TINY = "tiny-qwen2.5-vl"
 FAST = ["--set", f"PruneVidModelLoader.model={TINY}", "--set", "PruneVidModelLoader.dtype=fp32",
@@ -34,8 +43,9 @@ READY_S = 180
 
 
 def _skip_reason():
-    if not COMFYUI_DIR:
-        return "set COMFYUI_DIR to a ComfyUI checkout (and COMFYUI_PYTHON to its Python) to run the ComfyUI e2e test"
+    if not os.environ.get("COMFYUI_DIR") and not (SHARED_TREE / "main.py").is_file():
+        return (f"no ComfyUI source tree at ../shared/comfyui/ComfyUI ({SHARED_TREE}) and COMFYUI_DIR is not set: "
+                "set COMFYUI_DIR to a ComfyUI checkout (and COMFYUI_PYTHON to its Python) to run the ComfyUI e2e test")
     if not (Path(COMFYUI_DIR) / "main.py").is_file():
         return f"COMFYUI_DIR={COMFYUI_DIR} has no main.py: not a ComfyUI checkout"
     cli_args = Path(COMFYUI_DIR) / "comfy" / "cli_args.py"
@@ -46,11 +56,13 @@ def _skip_reason():
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
         return (f"COMFYUI_PYTHON={COMFYUI_PYTHON} cannot run ComfyUI with this package ({last}); install ComfyUI's "
-                f"requirements and `pip install -e {PACK_DIR}` into it")
+                f"requirements, this pack's and `pip install --no-deps -e {PACK_DIR}` into it (docs/comfyui.md)")
     return None
 
 
 _reason = _skip_reason()
+if _reason is not None and REQUIRED and "no ComfyUI source tree" not in _reason:
+    pytest.fail(f"PRUNEVID_REQUIRE_COMFYUI=1: {_reason}", pytrace=False)
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
 
 
@@ -67,11 +79,16 @@ def _get(address: str, path: str, timeout: float = 10):
 
 
 @pytest.fixture(scope="module")
-def comfy(tmp_path_factory, tiny_model_dir):
+def comfy(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy-base")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_NAME).symlink_to(PACK_DIR, target_is_directory=True)
-    shutil.copytree(tiny_model_dir, base / "models" / "LLM" / TINY)
+    # docs/comfyui.md's offline quick start, with the command its install put next to ComfyUI's Python
+    script = Path(COMFYUI_PYTHON).parent / "prunevid"
+    cmd = [str(script)] if script.is_file() else [COMFYUI_PYTHON, "-m", "prunevid"]
+    made = subprocess.run([*cmd, "make-tiny-model", str(base / "models" / "LLM" / TINY)], capture_output=True,
+                          text=True, timeout=600)
+    assert made.returncode == 0, made.stderr
     port = _free_port()
     address = f"127.0.0.1:{port}"
     log_path = base / "comfyui.log"
@@ -198,3 +215,12 @@ def test_execution_error_names_the_node_and_message(comfy, tmp_path):
     rc, out, err = submit(comfy, "paper", "--video", bad, *FAST)
     assert rc == 1 and "Traceback" not in err
     assert "ComfyUI failed at node 2 (PruneVidLoadVideo" in err and "not_a_video" in err, err
+    # the error's type is named as the library's, not by the path ComfyUI imported the pack's copy from
+    failed = [entry for entry in _get(comfy["address"], "/history").values()
+              if any("not_a_video" in json.dumps(m) for m in entry["status"]["messages"])]
+    assert len(failed) == 1, failed
+    errors = [m[1] for m in failed[0]["status"]["messages"] if m[0] == "execution_error"]
+    assert [e["exception_type"] for e in errors] == ["prunevid.errors.VideoError"], errors
+    log = comfy["log"].read_text()
+    assert any(line.startswith("prunevid.errors.VideoError: ") and "not_a_video" in line
+               for line in log.splitlines()), log[-3000:]

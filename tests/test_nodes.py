@@ -656,6 +656,22 @@ def test_missing_video_path(env):
         call(env, "PruneVidLoadVideo", path="", file="missing.mp4", sampling="uniform", sampling_fps=2.0, **FAST)
 
 
+def test_errors_carry_the_library_name_not_the_pack_folder(env):
+    """ComfyUI names an error by its class's module and qualname (/history's exception_type, the log's traceback):
+    the pack's copy of the library lives under the folder's path, the name must not."""
+    import traceback
+    with pytest.raises(errors(env).VideoError) as e:
+        call(env, "PruneVidLoadVideo", path="/no/such/dir/nope.mp4", file="", sampling="uniform", sampling_fps=2.0,
+             **FAST)
+    assert errors(env).__name__ == f"{env.pack.__name__}.prunevid.errors"     # loaded by path, as ComfyUI does
+    assert f"{type(e.value).__module__}.{type(e.value).__qualname__}" == "prunevid.errors.VideoError"
+    assert traceback.format_exception_only(e.value)[-1].startswith("prunevid.errors.VideoError: ")
+    hub = env.lib("hub")
+    assert hub.HubUnreachable.__module__ == "prunevid.hub" and issubclass(hub.HubUnreachable, errors(env).ModelError)
+    for name in ("PruneVidError", "ConfigError", "ModelError", "BudgetError", "InputError"):
+        assert getattr(errors(env), name).__module__ == "prunevid.errors", name
+
+
 def test_over_budget_file_fails_before_it_is_decoded(env, monkeypatch):
     grabbed = []
     video_mod = env.lib("video")

@@ -50,6 +50,18 @@ def test_comfyui_requirements_share_videohelpersuites_cv2():
     assert set(comfy) - {"opencv-python"} == set(library) - {"opencv-python-headless", "torch"}
 
 
+def test_the_documented_comfyui_install_brings_no_second_opencv():
+    """The install into ComfyUI's Python in docs/comfyui.md (which tests/run.sh runs as written in a fresh venv and
+    checks with pip list, tests/comfyui_venv.py) and in README.md are the same commands, and they install this project
+    only with --no-deps: its dependencies would add opencv-python-headless next to requirements.txt's opencv-python."""
+    from comfyui_venv import PACK_NAME, documented_commands
+    docs = documented_commands()
+    assert documented_commands(PACK_DIR / "README.md") == docs
+    assert ["pip", "install", "-r", f"{PACK_NAME}/requirements.txt"] in docs
+    project = [c for c in docs if PACK_NAME in c and f"{PACK_NAME}/requirements.txt" not in c]
+    assert project and all("--no-deps" in c for c in project), project
+
+
 def test_a_missing_libgl_is_named_with_its_fix(monkeypatch):
     """opencv-python without the system's OpenGL fails at `import cv2`: the pack says what to install."""
     class NoOpenGL:

@@ -8,14 +8,21 @@ import pytest
 
 RUN_SH = Path(__file__).resolve().parent / "run.sh"
 
-# records its arguments; the lmms-eval phase runs with PRUNEVID_REQUIRE_LMMS_EVAL=1, the 4.57 phase is the other one
-# with -p no:cacheprovider; exit codes come from the environment. `python -c` (run.sh asking the main environment for
-# its site folders, or the eval venv whether it imports) prints one folder and succeeds; `python -m venv` (a rebuild
-# of the eval venv) is recorded and fails, so no test installs anything.
+# records its arguments; the lmms-eval phase runs with PRUNEVID_REQUIRE_LMMS_EVAL=1, the ComfyUI phase on
+# tests/test_comfyui_e2e.py, the 4.57 phase is the other one with -p no:cacheprovider; exit codes come from the
+# environment. `python -c` (run.sh asking the main environment for its site folders, or the eval venv whether it
+# imports) prints one folder and succeeds; `python -m venv` (a rebuild of the eval venv) is recorded and fails, and so
+# does the ComfyUI venv's builder when RC_CVENV says so, so no test installs anything.
 FAKE_PYTHON = """#!/bin/sh
 case "$1" in
   -c) echo "/main/site-packages"; exit 0 ;;
   -m) if [ "$2" = venv ]; then echo "venv: $*" >> "$CALLS"; exit 1; fi ;;
+  tests/comfyui_venv.py) echo "comfyui-venv: $*" >> "$CALLS"; echo "builder output"; exit "$RC_CVENV" ;;
+esac
+case "$*" in
+  *" tests/test_comfyui_e2e.py"*)
+    echo "comfyui: require=$PRUNEVID_REQUIRE_COMFYUI dir=$COMFYUI_DIR python=$COMFYUI_PYTHON $*" >> "$CALLS"
+    echo "comfyui phase output"; echo "SUMMARY-COMFYUI"; exit "$RC_COMFYUI" ;;
 esac
 if [ "$PRUNEVID_REQUIRE_LMMS_EVAL" = 1 ]; then
   echo "eval: $*" >> "$CALLS"; echo "eval phase output"; echo "SUMMARY-EVAL"; exit "$RC_EVAL"
@@ -45,35 +52,61 @@ def checkout(tmp_path):
     (venv / "bin").mkdir(parents=True)
     shutil.copy(tmp_path / "bin" / "python", venv / "bin" / "python")
     (venv / ".complete").write_text("/main/site-packages\n")       # built against the main environment's folders
+    (tmp_path / "comfy").mkdir()                                       # a ComfyUI tree, as COMFYUI_DIR names it
+    (tmp_path / "comfy" / "main.py").write_text("")
     return tmp_path
 
 
-def run_script(checkout, rc_main, rc_457, rc_eval=0):
+def run_script(checkout, rc_main, rc_457, rc_eval=0, rc_comfyui=0, rc_cvenv=0, comfy_tree=True):
     env = {**os.environ, "PATH": f"{checkout / 'bin'}{os.pathsep}{os.environ['PATH']}",
-           "CALLS": str(checkout / "calls"), "RC_MAIN": str(rc_main), "RC_457": str(rc_457), "RC_EVAL": str(rc_eval)}
-    env.pop("PRUNEVID_REQUIRE_LMMS_EVAL", None)
+           "CALLS": str(checkout / "calls"), "RC_MAIN": str(rc_main), "RC_457": str(rc_457), "RC_EVAL": str(rc_eval),
+           "RC_COMFYUI": str(rc_comfyui), "RC_CVENV": str(rc_cvenv),
+           "COMFYUI_DIR": str(checkout / ("comfy" if comfy_tree else "no-such-tree"))}
+    for name in ("PRUNEVID_REQUIRE_LMMS_EVAL", "PRUNEVID_REQUIRE_COMFYUI", "COMFYUI_PYTHON"):
+        env.pop(name, None)
     out = subprocess.run(["bash", str(checkout / "tests" / "run.sh"), "-k", "x"], env=env, capture_output=True,
                          text=True, timeout=60)
     calls = (checkout / "calls").read_text().splitlines()
     return out.returncode, out.stdout, calls
 
 
-@pytest.mark.parametrize("rc_main, rc_457, rc_eval", [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 0, 0)])
-def test_every_phase_runs_and_any_failure_fails_the_command(checkout, rc_main, rc_457, rc_eval):
-    rc, out, calls = run_script(checkout, rc_main, rc_457, rc_eval)
-    assert len(calls) == 3 and "no:cacheprovider" in calls[1], calls      # the 4.57 rerun ran after the main one
+@pytest.mark.parametrize("rc_main, rc_457, rc_eval, rc_comfyui",
+                         [(1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1), (0, 0, 0, 0)])
+def test_every_phase_runs_and_any_failure_fails_the_command(checkout, rc_main, rc_457, rc_eval, rc_comfyui):
+    rc, out, calls = run_script(checkout, rc_main, rc_457, rc_eval, rc_comfyui)
+    assert len(calls) == 5 and "no:cacheprovider" in calls[1], calls      # the 4.57 rerun ran after the main one
     assert calls[2].startswith("eval: ") and "tests/test_lmms_eval.py" in calls[2]   # then lmms-eval, in its venv
+    # then ComfyUI's Python is built (or found ready) and the real-ComfyUI test runs with it, required to run
+    assert calls[3] == f"comfyui-venv: tests/comfyui_venv.py .cache/venv-comfyui {checkout / 'comfy'}"
+    assert calls[4].startswith(f"comfyui: require=1 dir={checkout / 'comfy'} python={checkout}/.cache/venv-comfyui/bin/python ")
     assert "--ignore=tests/test_lmms_eval.py" in calls[0]                  # not in the main environment
-    assert all(c.endswith("-k x") for c in calls)                           # the arguments reach every phase
-    assert (rc == 0) == (rc_main == 0 and rc_457 == 0 and rc_eval == 0)
+    assert "--ignore=tests/test_comfyui_e2e.py" in calls[0]
+    assert all(c.endswith("-k x") for c in calls if not c.startswith("comfyui-venv: "))  # the arguments reach every phase
+    assert (rc == 0) == (rc_main == 0 and rc_457 == 0 and rc_eval == 0 and rc_comfyui == 0)
     # the summaries again at the end, where a reader of the log looks
-    assert out.splitlines()[-3:] == ["installed transformers: SUMMARY-MAIN", "transformers 4.57.6:    SUMMARY-4.57",
-                                     "lmms-eval (venv-eval):  SUMMARY-EVAL"]
+    assert out.splitlines()[-4:] == ["installed transformers: SUMMARY-MAIN", "transformers 4.57.6:    SUMMARY-4.57",
+                                     "lmms-eval (venv-eval):  SUMMARY-EVAL", "ComfyUI (venv-comfyui): SUMMARY-COMFYUI"]
 
 
 def test_arguments_that_select_no_lmms_eval_test_do_not_fail_the_command(checkout):
     rc, out, calls = run_script(checkout, 0, 0, rc_eval=5)      # pytest's "no tests collected"
-    assert rc == 0 and len(calls) == 3
+    assert rc == 0 and len(calls) == 5
+    rc, out, calls = run_script(checkout, 0, 0, rc_comfyui=5)
+    assert rc == 0
+
+
+def test_a_comfyui_python_that_cannot_be_built_fails_the_command(checkout):
+    rc, out, calls = run_script(checkout, 0, 0, rc_cvenv=1)
+    assert rc == 1 and calls[3].startswith("comfyui-venv: ") and len(calls) == 4, calls   # no e2e run
+    assert "builder output" in out                                     # the builder's log, where it failed
+    assert out.splitlines()[-1] == "ComfyUI (venv-comfyui): could not build ComfyUI's Python in .cache/venv-comfyui " \
+                                   "(tests/comfyui_venv.py)"
+
+
+def test_without_a_comfyui_tree_the_test_runs_to_say_why_it_skips(checkout):
+    rc, out, calls = run_script(checkout, 0, 0, comfy_tree=False)
+    assert rc == 0 and not any(c.startswith("comfyui-venv: ") for c in calls), calls      # nothing built
+    assert calls[-1].startswith(f"comfyui: require= dir={checkout / 'no-such-tree'} python= "), calls
 
 
 def test_the_eval_venv_is_rebuilt_when_the_main_environment_moved(checkout):
