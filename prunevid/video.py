@@ -5,19 +5,33 @@ We do not go through the transformers processor: how it samples and resizes has 
 to know exactly which frames it got and at what fps. What must match Qwen exactly is the patch layout of
 to_patches; tests/test_video.py checks it against the processor.
 
-Decoding uses OpenCV with one sequential pass: grab() every frame (demux + decode, no colour conversion, no copy
-to Python) and retrieve() (colour conversion + copy) only the frames we keep, each resized right away. RAM holds
-only the kept frames at their final size. We do not seek with CAP_PROP_POS_FRAMES: FFmpeg seeks go to a keyframe
-and OpenCV then estimates the frame number from timestamps, which is known to land a few frames off on files with
-B-frames, edit lists or a variable frame rate, and does not work at all on files without an index (truncated
-mp4s, some mkv/webm). A sequential pass always knows frame i is frame i and costs one decode of the video, which
-is small next to the vision tower for the short clips Qwen2.5-VL takes. Timestamps assume a constant frame rate
-(frame i is at i / fps).
+Decoding uses PyAV (FFmpeg; docs/performance.md says why PyAV and not torchcodec or OpenCV) and reads only the
+frames it keeps. Frames are chosen by timestamp: "uniform" spreads max_frames instants evenly from the first
+frame's time to the last frame's, "fps" takes one every 1/fps seconds, and each instant takes the frame on screen
+half an average frame later (at a constant frame rate: the nearest frame, the earlier on a tie; the first and last
+instants take the first and last frame). So a variable frame rate samples evenly in time, not in frame count.
+Timestamps are the frames' own presentation times less the first frame's (an edit list or a stream that starts
+late still starts at 0.0).
 
-FFmpeg inside OpenCV prints its complaints (a truncated file, damaged macroblocks) straight to the process's
-stderr, where they land before or between our own messages. We collect them while we decode and turn them into
-our error message or one note; notes are logged on the "prunevid" logger (one line, no source line) and kept in
-Clip.notes.
+For each wanted instant the reader seeks to the keyframe at or before it and decodes forward to the frame whose
+timestamp is wanted; it seeks only when that keyframe lies ahead of what it already decoded, so wanted frames in
+one GOP cost one forward decode and no frame is decoded twice. Packets shown well before the wanted instant go to
+the decoder with skip_frame=NONREF: FFmpeg then drops the frames nothing refers to (non-reference B-frames), which
+changes no other frame; should one of them have been the frame on screen at the instant (frames further apart
+than two average frames), that GOP is decoded again whole. Before decoding, one seek to the end and a demux of the
+last GOP (no decoding) give the last frame's time. The demuxer's index (PyAV >= 16: stream.index_entries) says
+where a seek lands; PyAV < 16 does not show it, and a second demuxer of the same file is seeked instead.
+
+Seeking is not trusted, and the file is read in one sequential pass (every frame decoded, only the kept ones
+converted) with a note, where the container has no index (MPEG-TS, raw streams, a PNG renamed .mp4), no start
+time or duration, an index that points past the end of the file (a truncated mp4 whose index comes first), or
+when decoding shows timestamps going backwards, missing, or a seek that finds nothing. The sequential pass
+chooses from the frames' own timestamps, or, when they go backwards, by decode order at the container's frame
+rate (frame i at i / fps).
+
+What FFmpeg says (a truncated file, damaged macroblocks) is collected while we read, through PyAV's log, and
+turned into our error message or one note; notes are logged on the "prunevid" logger (one line, no source line)
+and kept in Clip.notes. OpenCV is still used for resizing (INTER_AREA when shrinking).
 """
 from __future__ import annotations
 
@@ -382,11 +396,16 @@ class _Frame:
         self.time = float(frame.pts * tb)
 
 
-def _decode(container, stream, said: list[str]):
+def _decode(container, stream, said: list[str], skip=None):
     """Every frame of stream from where the container stands, in presentation order. A packet the decoder refuses
     (damaged data) is skipped with its message kept, as FFmpeg's own tools do, instead of ending the video; a
-    demuxing error (a truncated file) ends it after the frames still in the decoder."""
+    demuxing error (a truncated file) ends it after the frames still in the decoder.
+
+    skip(pts) -> bool: packets for which it is true are decoded with skip_frame NONREF, so the decoder drops them
+    when no other frame refers to them (a non-reference B-frame): the frames it returns are unchanged, and the
+    ones it drops are simply absent."""
     packets = container.demux(stream)
+    cc = stream.codec_context
     while True:
         try:
             packet = next(packets)
@@ -395,6 +414,8 @@ def _decode(container, stream, said: list[str]):
         except av.error.FFmpegError as e:
             said.append(_reason(e))
             break
+        if skip is not None:
+            cc.skip_frame = "NONREF" if packet.pts is not None and skip(packet.pts) else "DEFAULT"
         try:
             frames = packet.decode()
         except av.error.EOFError:
@@ -420,9 +441,10 @@ class _Cursor:
 
     MAX_RETRIES = 8
 
-    def __init__(self, container, stream, facts: _Facts, said: list[str], reopen):
+    def __init__(self, container, stream, facts: _Facts, said: list[str], reopen, end: float | None = None):
         self.container, self.stream, self.facts, self.said = container, stream, facts, said
         self.reopen, self.probe = reopen, None   # PyAV < 16: a second demuxer shows where a seek would land
+        self.end = end           # seconds of the last frame, as found before decoding
         self.tb = stream.time_base
         self.index = facts.index if facts.index is not None and len(facts.index) else None
         # B-frames: a keyframe's pts is its dts plus the reordering delay; the index holds dts
@@ -431,18 +453,31 @@ class _Cursor:
             self.delay = max(0, stream.start_time - self.index[0].timestamp)
         self.first = None        # time of the stream's first frame, once seen
         self.seeks = 0
+        self.skip_below = None   # packets shown before this pts, well before the wanted time, may be dropped
+        self.exact = False       # True: drop nothing (a dropped frame turned out to be the wanted one)
+        # two average frames: a frame shown that long before the wanted time cannot be the one on screen at it
+        self.margin = int(math.ceil(2 / (facts.fps or FALLBACK_FPS) / self.tb))
         self._start(seek=None)
 
     def _start(self, seek):
         if seek is not None:
             self.container.seek(int(seek), stream=self.stream, backward=True, any_frame=False)
             self.seeks += 1
-        self.frames = _decode(self.container, self.stream, self.said)
+        self.skipped = []        # pts of packets sent with skip_frame NONREF in this run
+        self.frames = _decode(self.container, self.stream, self.said, None if self.exact else self._skip)
         self.after_seek = seek is not None
         self.trusted_from = None if seek is not None else -math.inf   # pts of the run's first keyframe
         self.prev = None         # last frame with time <= the current target
         self.pending = None      # a decoded frame after the current target
         self.last = None         # last frame of this run (pts)
+
+    def _skip(self, pts) -> bool:
+        if self.skip_below is not None and pts < self.skip_below:
+            self.skipped.append(pts)
+            if len(self.skipped) > 256:
+                del self.skipped[:128]
+            return True
+        return False
 
     def _next(self):
         """The run's next trusted frame, or None at the end of the video."""
@@ -512,6 +547,10 @@ class _Cursor:
                 pass                                          # fresh run from the start: decode forward
             elif self._ahead(seek_ts):
                 self._start(seek_ts)
+        if ts is not None:
+            self.skip_below = ts - self.margin
+        else:   # the last frame: at the last frame's time found before decoding (_last_time), if any
+            self.skip_below = None if self.end is None else int(self.end / self.tb) - self.margin
         for _ in range(self.MAX_RETRIES):
             a, b = self.prev, None
             while True:
@@ -528,6 +567,14 @@ class _Cursor:
                 continue
             if a is None and b is None:
                 raise _Untrusted("a seek found no frames (the file ends before its index says?)")
+            limit = math.inf if ts is None else ts
+            if any((a is None or p > a.pts) and p <= limit for p in self.skipped):
+                # a frame the decoder may have dropped was the one on screen at t (frames further apart than
+                # the margin): decode this GOP again, dropping nothing
+                self.exact = True
+                self._start(min(seek_ts, (a.pts if a is not None else b.pts if b is not None else seek_ts)))
+                self.exact = False
+                continue
             if b is None and not math.isinf(t) and self.facts.duration:
                 end = self.facts.start + self.facts.duration
                 if t < end - 2 * (1 / (self.facts.fps or FALLBACK_FPS)) and (a is None or a.time < t - 1):
@@ -716,10 +763,11 @@ def load_video(path, *, max_frames: int = 16, sampling: str = "uniform", fps: fl
                                     source_fps)))
                 cursor = None
                 try:
-                    span = max(0.0, _last_time(container, stream, facts, source_fps) - facts.start)
+                    end = _last_time(container, stream, facts, source_fps)
+                    span = max(0.0, end - facts.start)
                     want = _targets((span, count), max_frames, sampling, fps, source_fps)
                     budget(len(want))
-                    cursor = _Cursor(container, stream, facts, said, lambda: _open(path, shown, threads=False))
+                    cursor = _Cursor(container, stream, facts, said, lambda: _open(path, shown, threads=False), end)
                     got = []
                     for j, t in enumerate(want):
                         last = sampling == "uniform" and j == len(want) - 1 and j > 0

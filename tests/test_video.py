@@ -620,9 +620,9 @@ def decoded(monkeypatch):
     runs = []
     real = video._decode
 
-    def spy(container, stream, said):
+    def spy(*a):
         runs.append([])
-        for f in real(container, stream, said):
+        for f in real(*a):
             runs[-1].append(f.pts)
             yield f
     monkeypatch.setattr(video, "_decode", spy)
@@ -741,3 +741,25 @@ def test_timestamps_going_backwards_fall_back_to_one_pass(tmp_path):
     assert clip.timestamps == pytest.approx((idx / 25).tolist())
     for k, i in enumerate(idx):
         assert np.array_equal(clip.frames[k].numpy(), frames[i])
+
+
+def test_a_dropped_frame_that_is_wanted_is_decoded_again(tmp_path, monkeypatch):
+    """Frames shown well before the wanted instant go to the decoder as droppable (skip_frame NONREF). Here 5 s at
+    60 fps then 10 frames 1 s apart: the average is 22 fps, so "well before" (two average frames, 0.09 s) is less
+    than the slow frames' spacing and the frame on screen can be one the decoder dropped. The reader notices and
+    decodes that GOP again without dropping: the frames still equal the full decode."""
+    pts = [i * 50 for i in range(300)] + [15000 + i * 3000 for i in range(10)]     # time base 1/3000
+    path = _encode(tmp_path / "vfr2.mp4", "libx264", pts, 3000, {"x264-params": "keyint=400:bframes=3:b-adapt=0"})
+    again = []
+    real = video._Cursor._start
+
+    def start(self, seek):
+        if self.exact:
+            again.append(seek)
+        return real(self, seek)
+    monkeypatch.setattr(video._Cursor, "_start", start)
+    ref = _reference(path)
+    clip = load_video(path, max_frames=16)
+    _check_exact(clip, ref)
+    assert again                                            # the path was taken
+    assert clip.timestamps[6:] == pytest.approx([5.0 + i for i in range(10)])   # every slow frame, none skipped
