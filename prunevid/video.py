@@ -768,16 +768,17 @@ def load_video(path, *, max_frames: int = 16, sampling: str = "uniform", fps: fl
                     want = _targets((span, count), max_frames, sampling, fps, source_fps)
                     budget(len(want))
                     cursor = _Cursor(container, stream, facts, said, lambda: _open(path, shown, threads=False), end)
-                    got = []
+                    got, kept = [], []
                     for j, t in enumerate(want):
                         last = sampling == "uniform" and j == len(want) - 1 and j > 0
                         f = cursor.at(math.inf if last else facts.start + _on_screen(t, source_fps))
                         if not got or f.pts > got[-1].pts:
                             got.append(f)
+                            kept.append(convert(f.frame))   # right away: RAM holds kept frames at their final size
+                            f.frame = None                  # (a frame returned again is a duplicate, never used)
                         elif f.pts < got[-1].pts:
                             raise _Untrusted("the stream's timestamps go backwards")
                     first = cursor.first if cursor.first is not None else facts.start
-                    kept = [convert(f.frame) for f in got]
                     times = [f.time - first for f in got]
                     total = count
                 except _Untrusted as e:
