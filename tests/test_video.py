@@ -763,3 +763,29 @@ def test_a_dropped_frame_that_is_wanted_is_decoded_again(tmp_path, monkeypatch):
     _check_exact(clip, ref)
     assert again                                            # the path was taken
     assert clip.timestamps[6:] == pytest.approx([5.0 + i for i in range(10)])   # every slow frame, none skipped
+
+
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_rotation_metadata_is_applied_as_opencv_does(tmp_path, degrees):
+    """A phone video stores its rotation in the display matrix: frames come out turned as players (and OpenCV,
+    which the reader before PyAV used) show them."""
+    import av
+    path = tmp_path / f"rot{degrees}.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        if not hasattr(s, "set_display_rotation"):
+            pytest.skip("this PyAV cannot write a display rotation")
+        s.set_display_rotation(degrees)
+        for i in range(4):
+            frame = av.VideoFrame.from_ndarray(_picture(i), "rgb24")
+            frame.pts = i
+            c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+    cap = cv2.VideoCapture(str(path))
+    ok, bgr = cap.read()
+    cap.release()
+    assert ok
+    clip = load_video(path, max_frames=2)
+    assert clip.frames.shape[1:3] == ((W, H) if degrees % 180 else (H, W))
+    assert np.array_equal(clip.frames[0].numpy(), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
