@@ -5,33 +5,47 @@ We do not go through the transformers processor: how it samples and resizes has 
 to know exactly which frames it got and at what fps. What must match Qwen exactly is the patch layout of
 to_patches; tests/test_video.py checks it against the processor.
 
-Decoding uses OpenCV with one sequential pass: grab() every frame (demux + decode, no colour conversion, no copy
-to Python) and retrieve() (colour conversion + copy) only the frames we keep, each resized right away. RAM holds
-only the kept frames at their final size. We do not seek with CAP_PROP_POS_FRAMES: FFmpeg seeks go to a keyframe
-and OpenCV then estimates the frame number from timestamps, which is known to land a few frames off on files with
-B-frames, edit lists or a variable frame rate, and does not work at all on files without an index (truncated
-mp4s, some mkv/webm). A sequential pass always knows frame i is frame i and costs one decode of the video, which
-is small next to the vision tower for the short clips Qwen2.5-VL takes. Timestamps assume a constant frame rate
-(frame i is at i / fps).
+Decoding uses PyAV (FFmpeg; docs/performance.md says why PyAV and not torchcodec or OpenCV) and reads only the
+frames it keeps. Frames are chosen by timestamp: "uniform" spreads max_frames instants evenly from the first
+frame's time to the last frame's, "fps" takes one every 1/fps seconds, and each instant takes the frame on screen
+half an average frame later (at a constant frame rate: the nearest frame, the earlier on a tie; the first and last
+instants take the first and last frame). So a variable frame rate samples evenly in time, not in frame count.
+Timestamps are the frames' own presentation times less the first frame's (an edit list or a stream that starts
+late still starts at 0.0).
 
-FFmpeg inside OpenCV prints its complaints (a truncated file, damaged macroblocks) straight to the process's
-stderr, where they land before or between our own messages. We collect them while we decode and turn them into
-our error message or one note; notes are logged on the "prunevid" logger (one line, no source line) and kept in
-Clip.notes.
+For each wanted instant the reader seeks to the keyframe at or before it and decodes forward to the frame whose
+timestamp is wanted; it seeks only when that keyframe lies ahead of what it already decoded, so wanted frames in
+one GOP cost one forward decode and no frame is decoded twice. Packets shown well before the wanted instant go to
+the decoder with skip_frame=NONREF: FFmpeg then drops the frames nothing refers to (non-reference B-frames), which
+changes no other frame; should one of them have been the frame on screen at the instant (frames further apart
+than two average frames), that GOP is decoded again whole. Before decoding, one seek to the end and a demux of the
+last GOP (no decoding) give the last frame's time. The demuxer's index (PyAV >= 16: stream.index_entries) says
+where a seek lands; PyAV < 16 does not show it, and a second demuxer of the same file is seeked instead.
+
+Seeking is not trusted, and the file is read in one sequential pass (every frame decoded, only the kept ones
+converted) with a note, where the container has no index (MPEG-TS, raw streams, a PNG renamed .mp4), no start
+time or duration, an index that points past the end of the file (a truncated mp4 whose index comes first), or
+when decoding shows timestamps going backwards, missing, or a seek that finds nothing. The sequential pass
+chooses from the frames' own timestamps, or, when they go backwards, by decode order at the container's frame
+rate (frame i at i / fps).
+
+What FFmpeg says (a truncated file, damaged macroblocks) is collected while we read, through PyAV's log, and
+turned into our error message or one note; notes are logged on the "prunevid" logger (one line, no source line)
+and kept in Clip.notes. OpenCV is still used for resizing (INTER_AREA when shrinking).
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-import re
-import sys
 import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
+import av.logging
 import cv2
 import numpy as np
 import torch
@@ -172,18 +186,23 @@ def _select(n: int, source_fps: float, max_frames: int, sampling: str, fps: floa
 
 def _make_clip(frames: list[np.ndarray], indices: list[int], source_fps: float, source_frames: int, source: str,
                notes: list[str]) -> Clip:
-    """Kept frames (uint8 [h, w, 3] each, source indices `indices`) -> Clip with an even frame count."""
-    times = [i / source_fps for i in indices]
+    """Kept frames (uint8 [h, w, 3] each, source indices `indices` of a constant frame rate) -> Clip."""
+    return _clip_at(frames, [i / source_fps for i in indices], source_fps, source_frames, source, notes)
+
+
+def _clip_at(frames: list[np.ndarray], times: list[float], source_fps: float, source_frames: int, source: str,
+             notes: list[str]) -> Clip:
+    """Kept frames (uint8 [h, w, 3] each, at `times` seconds, increasing) -> Clip with an even frame count."""
     # fps from the distinct sampled frames: temporal_patch_size / fps is then the real time between the starts of
     # consecutive temporal groups, which is what Qwen's time positions encode
-    span = indices[-1] - indices[0]
-    fps = (len(indices) - 1) * source_fps / span if span > 0 else source_fps
+    span = times[-1] - times[0]
+    fps = (len(times) - 1) / span if span > 0 else source_fps
     if len(frames) % 2:
         # Qwen packs 2 frames per temporal patch. Repeating the last frame (what Qwen's processor does) keeps
         # every group start on the sampled grid, so fps stays true; the copy gets the same timestamp.
         frames = frames + [frames[-1]]
         times = times + [times[-1]]
-    return Clip(frames=torch.from_numpy(np.stack(frames)), fps=float(fps), timestamps=times, source=source,
+    return Clip(frames=torch.from_numpy(np.stack(frames)), fps=float(fps), timestamps=list(times), source=source,
                 source_fps=float(source_fps), source_frames=int(source_frames), notes=notes)
 
 
@@ -212,54 +231,39 @@ def _check_file(path: Path, shown: str, what: str = "video"):
         raise VideoError(f"{what} file {shown} is empty (0 bytes); it was not fully written or copied, use another")
 
 
-_FFMPEG_LINE = re.compile(r"\[[^\]\n]* @ (?:0x)?[0-9a-fA-F]+\] ")   # "[h264 @ 0x55d1c0de] message"
-_STDERR = threading.RLock()   # reentrant: _open collects its own messages inside a decode's
+_STDERR = threading.RLock()   # one reader at a time changes PyAV's (process-wide) log level
 
 
 @contextmanager
 def _ffmpeg_messages():
-    """Collect what FFmpeg prints while the block runs (a list, filled when the block ends) instead of showing it.
+    """Collect FFmpeg's error messages while the block runs (a list, filled when the block ends) instead of showing
+    them.
 
-    FFmpeg writes to file descriptor 2 itself, past Python, so fd 2 points at a temporary file for the block.
-    Lines that are not FFmpeg's (another thread's output) are written back to stderr afterwards, late but whole.
-    The lock keeps two threads from swapping fd 2 under each other (their decodes then take turns).
+    PyAV routes FFmpeg's log through Python and drops it unless a level is set; inside the block the level is ERROR
+    and av.logging.Capture keeps the messages of every thread (the decoder's own threads log too, so a reader
+    elsewhere in the process that logs meanwhile lands here as well). Nothing reaches the process's stderr. The
+    lock keeps two readers from restoring the level under each other (their reads then take turns).
     """
     messages: list[str] = []
     with _STDERR:
+        level, skip = av.logging.get_level(), av.logging.get_skip_repeated()
+        av.logging.set_level(av.logging.ERROR)
+        av.logging.set_skip_repeated(False)   # (a message like the previous file's would be dropped)
         try:
-            sys.stderr.flush()
-            saved = os.dup(2)
-        except (AttributeError, OSError, ValueError):   # no stderr at all (pythonw): nothing to keep clean
-            saved = None
-        if saved is None:
-            yield messages
-            return
-        with tempfile.TemporaryFile() as tmp:
-            os.dup2(tmp.fileno(), 2)
-            try:
+            with av.logging.Capture(local=False) as logs:
                 yield messages
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-                tmp.seek(0)
-                other = []
-                for line in tmp.read().decode("utf-8", "replace").splitlines():
-                    found = _FFMPEG_LINE.search(line)
-                    if found:
-                        messages.append(line[found.end():].strip())
-                    elif line.strip():
-                        other.append(line + "\n")
-                if other:
-                    os.write(2, "".join(other).encode())
+        finally:
+            av.logging.set_level(level)
+            av.logging.set_skip_repeated(skip)
+            messages.extend(m.strip() for _, _, m in logs if m.strip())
 
 
 @contextmanager
 def _utf8_name(path: Path, shown: str):
-    """A name for path that OpenCV can take: its own, or a temporary symlink with a plain name while it opens.
+    """A name for path that FFmpeg can take: its own, or a temporary symlink with a plain name while it opens.
 
-    OpenCV's Python binding passes names on as UTF-8 and kills the process (segmentation fault) on a str it cannot
-    encode, which is what a Linux file name that is not valid UTF-8 becomes in Python (surrogate escapes). Once
-    the file is open the link can go: the decoder holds the file itself.
+    PyAV passes names on as UTF-8 and cannot encode what a Linux file name that is not valid UTF-8 becomes in
+    Python (a str with surrogate escapes). Once the file is open the link can go: the demuxer holds the file itself.
     """
     if shown == str(path):
         yield str(path)
@@ -271,7 +275,7 @@ def _utf8_name(path: Path, shown: str):
             os.symlink(os.path.abspath(path), link)
             link.encode("utf-8")
         except (OSError, UnicodeEncodeError) as e:
-            raise VideoError(f"cannot open {shown}: its name is not valid UTF-8, which OpenCV cannot take, and a link "
+            raise VideoError(f"cannot open {shown}: its name is not valid UTF-8, which FFmpeg cannot take, and a link "
                              f"with a plain name in {folder} failed ({e}); rename the file") from None
         yield link
     finally:
@@ -280,43 +284,413 @@ def _utf8_name(path: Path, shown: str):
         os.rmdir(folder)
 
 
-def _open(path: Path, shown: str):
-    # FFmpeg first: CAP_ANY would also try the image-sequence backend, which reads a '%' in a name as a pattern.
-    # Builds without FFmpeg (some conda / system OpenCVs) fall back to whatever backend they have.
-    # OpenCV's own warnings are silenced and FFmpeg's collected: a file it cannot open gets one clear error.
-    cvlog = getattr(getattr(cv2, "utils", None), "logging", None)
-    level = cvlog.getLogLevel() if cvlog else None
-    if cvlog:
-        cvlog.setLogLevel(cvlog.LOG_LEVEL_ERROR)
-    try:
-        with _ffmpeg_messages() as said, _utf8_name(path, shown) as name:
-            cap = cv2.VideoCapture(name, cv2.CAP_FFMPEG)
-            if not cap.isOpened():
-                cap = cv2.VideoCapture(name)
-    finally:
-        if cvlog:
-            cvlog.setLogLevel(level)
-    if not cap.isOpened():
-        reason = f" FFmpeg says {said[-1]!r}" if said else ""
-        raise VideoError(f"cannot decode {shown}: OpenCV cannot open it as a video (not a video, truncated, or "
-                         f"audio only?{reason}); check that it plays, or re-encode it: "
+def _open(path: Path, shown: str, threads: bool = True):
+    """(container, its first video stream), or VideoError with FFmpeg's reason.
+
+    threads: frame threads as well as slice threads (the same frames, faster; on a damaged stream frame threads
+    can drop a frame more than one decoder thread would, so the sequential pass, which reads such files, goes
+    without them)."""
+    with _ffmpeg_messages() as said:
+        try:
+            with _utf8_name(path, shown) as name:
+                container = av.open(name, metadata_errors="ignore")
+        except (av.error.FFmpegError, OSError, UnicodeError) as e:
+            failure = e
+        else:
+            failure = None
+    if failure is not None:
+        reason = said[-1] if said else _reason(failure)
+        raise VideoError(f"cannot decode {shown}: FFmpeg cannot open it as a video (not a video, truncated, or "
+                         f"audio only? FFmpeg says {reason!r}); check that it plays, or re-encode it: "
                          "ffmpeg -i IN -c:v libx264 OUT.mp4")
-    return cap
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{shown} has no decodable video frames (audio only, or corrupt?); use another file")
+    stream = container.streams.video[0]
+    if threads:
+        stream.thread_type = "AUTO"
+    return container, stream
 
 
-def _scan(cap, wanted: list[int], last: float, resize) -> tuple[dict[int, np.ndarray], int]:
-    """One sequential pass over frames 0..last: grab() each, retrieve() and resize the wanted ones.
+class _Untrusted(Exception):
+    """Seeking cannot be trusted for this file (the reason is the message): read it in one sequential pass."""
 
-    Returns (kept frames by index, frames grabbed); fewer than last + 1 grabbed means the video ended first.
-    """
-    kept, want, i = {}, set(wanted), 0
-    while i <= last and cap.grab():
-        if i in want:
-            ok, bgr = cap.retrieve()
-            if ok and bgr is not None:
-                kept[i] = resize(bgr)
-        i += 1
-    return kept, i
+
+@dataclass
+class _Facts:
+    """What the container says about the video stream, before anything is decoded."""
+    fps: float | None            # average frame rate, None when missing or absurd
+    frames: int                  # frame count, 0 when missing
+    start: float                 # seconds of the first frame (stream start time; 0 when missing)
+    duration: float | None       # seconds from the first frame to the end of the last one, None when missing
+    size: tuple[int, int]        # (height, width) as coded, (0, 0) when missing
+    sequential: str | None       # why seeking cannot be trusted, None when it can
+    index: object = None         # the demuxer's index (PyAV >= 16), None when PyAV does not show it
+
+
+def _facts(container, stream, path: Path) -> _Facts:
+    tb = stream.time_base
+    rate = stream.average_rate or stream.guessed_rate
+    fps = float(rate) if rate and 0 < float(rate) < 1000 else None
+    start = float(stream.start_time * tb) if stream.start_time is not None and tb else None
+    if stream.duration and tb:
+        duration = float(stream.duration * tb)
+    elif container.duration:
+        duration = ((container.start_time or 0) + container.duration) / av.time_base - (start or 0.0)
+    else:
+        duration = None
+    if duration is not None and not (math.isfinite(duration) and duration > 0):
+        duration = None
+    cc = stream.codec_context
+    size = (int(cc.height or 0), int(cc.width or 0))
+    frames = int(stream.frames or 0)
+    index = getattr(stream, "index_entries", None)
+    if index is not None and len(index) <= 1 and "matroska" in container.format.name and start is not None:
+        # Matroska's demuxer reads the cues (its index) at the first seek; until then it shows one entry
+        try:
+            container.seek(stream.start_time, stream=stream, backward=True)
+        except av.error.FFmpegError:
+            pass
+    why = None
+    if start is None or duration is None:
+        why = "the container gives no start time or duration"
+    elif index is not None:
+        if len(index) == 0:
+            why = "the container has no index to seek with"
+        else:
+            last = index[len(index) - 1]
+            if last.pos >= 0 and last.pos + last.size > path.stat().st_size:
+                why = "the file ends before the data its index points to (truncated)"
+    elif not any(n in container.format.name.split(",") for n in ("mov", "mp4", "matroska", "webm")):
+        # PyAV < 16 does not show the index: seek only in the formats that always carry one (checked as we decode)
+        why = f"the container ({container.format.name}) may have no index to seek with"
+    return _Facts(fps, frames, start or 0.0, duration, size, why, index)
+
+
+def _last_time(container, stream, facts: _Facts, source_fps: float) -> float:
+    """Seconds of the last frame, before decoding: the largest timestamp among the packets after the last keyframe
+    (a seek to the end, then demuxing without decoding: one GOP of reading), with the container back at its start
+    afterwards. Else the end of the stream less one average frame (a variable rate's last frame can be longer)."""
+    estimate = facts.start + facts.duration - 1 / source_fps
+    tb, last = stream.time_base, None
+    try:
+        end = int(math.ceil((facts.start + facts.duration) / tb))
+        container.seek(end, stream=stream, backward=True, any_frame=False)
+        for i, packet in enumerate(container.demux(stream)):
+            if packet.pts is not None and packet.size:
+                last = packet.pts if last is None else max(last, packet.pts)
+            if i > 5000:   # a keyframe-less tail: the estimate will do
+                last = None
+                break
+        container.seek(stream.start_time, stream=stream, backward=True, any_frame=False)
+    except av.error.FFmpegError:
+        raise _Untrusted("seeking to the end fails") from None
+    return float(last * tb) if last is not None and last * tb > facts.start else estimate
+
+
+class _Frame:
+    __slots__ = ("frame", "time", "pts")
+
+    def __init__(self, frame, tb):
+        self.frame, self.pts = frame, frame.pts
+        self.time = float(frame.pts * tb)
+
+
+def _decode(container, stream, said: list[str], skip=None):
+    """Every frame of stream from where the container stands, in presentation order. A packet the decoder refuses
+    (damaged data) is skipped with its message kept, as FFmpeg's own tools do, instead of ending the video; a
+    demuxing error (a truncated file) ends it after the frames still in the decoder.
+
+    skip(pts) -> bool: packets for which it is true are decoded with skip_frame NONREF, so the decoder drops them
+    when no other frame refers to them (a non-reference B-frame): the frames it returns are unchanged, and the
+    ones it drops are simply absent."""
+    packets = container.demux(stream)
+    cc = stream.codec_context
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError as e:
+            said.append(_reason(e))
+            break
+        if skip is not None:
+            cc.skip_frame = "NONREF" if packet.pts is not None and skip(packet.pts) else "DEFAULT"
+        try:
+            frames = packet.decode()
+        except av.error.EOFError:
+            return
+        except av.error.FFmpegError as e:   # "no frame!", "Invalid data found": the damage is in said
+            said.append(_reason(e))
+            continue
+        yield from frames
+    try:
+        yield from stream.decode(None)
+    except av.error.FFmpegError:
+        return
+
+
+def _reason(e) -> str:
+    text = str(e)
+    return text.split("last error log: ")[-1] if "last error log: " in text else text
+
+
+class _Cursor:
+    """Frames of one stream by timestamp: seeks to the keyframe before a wanted time only when that keyframe lies
+    ahead of what was already decoded, so wanted frames in the same GOP cost one forward decode."""
+
+    MAX_RETRIES = 8
+
+    def __init__(self, container, stream, facts: _Facts, said: list[str], reopen, end: float | None = None):
+        self.container, self.stream, self.facts, self.said = container, stream, facts, said
+        self.reopen, self.probe = reopen, None   # PyAV < 16: a second demuxer shows where a seek would land
+        self.end = end           # seconds of the last frame, as found before decoding
+        self.tb = stream.time_base
+        self.index = facts.index if facts.index is not None and len(facts.index) else None
+        # B-frames: a keyframe's pts is its dts plus the reordering delay; the index holds dts
+        self.delay = 0
+        if self.index is not None and stream.start_time is not None:
+            self.delay = max(0, stream.start_time - self.index[0].timestamp)
+        self.first = None        # time of the stream's first frame, once seen
+        self.seeks = 0
+        self.skip_below = None   # packets shown before this pts, well before the wanted time, may be dropped
+        self.exact = False       # True: drop nothing (a dropped frame turned out to be the wanted one)
+        # two average frames: a frame shown that long before the wanted time cannot be the one on screen at it
+        self.margin = int(math.ceil(2 / (facts.fps or FALLBACK_FPS) / self.tb))
+        self._start(seek=None)
+
+    def _start(self, seek):
+        if seek is not None:
+            self.container.seek(int(seek), stream=self.stream, backward=True, any_frame=False)
+            self.seeks += 1
+        self.skipped = []        # pts of packets sent with skip_frame NONREF in this run
+        self.frames = _decode(self.container, self.stream, self.said, None if self.exact else self._skip)
+        self.after_seek = seek is not None
+        self.trusted_from = None if seek is not None else -math.inf   # pts of the run's first keyframe
+        self.prev = None         # last frame with time <= the current target
+        self.pending = None      # a decoded frame after the current target
+        self.last = None         # last frame of this run (pts)
+
+    def _skip(self, pts) -> bool:
+        if self.skip_below is not None and pts < self.skip_below:
+            self.skipped.append(pts)
+            if len(self.skipped) > 256:
+                del self.skipped[:128]
+            return True
+        return False
+
+    def _next(self):
+        """The run's next trusted frame, or None at the end of the video."""
+        if self.pending is not None:
+            f, self.pending = self.pending, None
+            return f
+        for frame in self.frames:
+            if frame.pts is None:
+                raise _Untrusted("frames come without timestamps")
+            if self.trusted_from is None:       # after a seek: from the first keyframe on
+                if not frame.key_frame:
+                    continue
+                self.trusted_from = frame.pts
+            if frame.pts < self.trusted_from:   # leading pictures of an open GOP need the GOP before
+                continue
+            if self.last is not None and frame.pts <= self.last:
+                raise _Untrusted("the stream's timestamps go backwards")
+            self.last = frame.pts
+            f = _Frame(frame, self.tb)
+            if self.first is None and not self.after_seek:
+                self.first = f.time
+            return f
+        return None
+
+    def _ahead(self, ts: int) -> bool:
+        """Does the keyframe a seek to ts would land on lie ahead of what this run has decoded?"""
+        if self.last is None:
+            return True
+        if self.index is None:
+            landing = self._landing(ts)
+            return landing is None or landing > self.last
+        k = self.index.search_timestamp(ts - self.delay, backward=True)
+        return k >= 0 and self.index[k].timestamp + self.delay > self.last
+
+    def _landing(self, ts: int):
+        """pts of the keyframe a seek to ts lands on, found by seeking a second demuxer of the same file and
+        reading one packet (no decoding); None when that does not work."""
+        try:
+            if self.probe is None:
+                self.probe = self.reopen()
+            container, stream = self.probe
+            container.seek(int(ts), stream=stream, backward=True, any_frame=False)
+            for packet in container.demux(stream):
+                if packet.pts is not None and packet.is_keyframe:
+                    return packet.pts
+                if packet.size == 0:
+                    return None
+        except (av.error.FFmpegError, VideoError):
+            return None
+        return None
+
+    def close(self):
+        if self.probe is not None:
+            self.probe[0].close()
+
+    def at(self, t: float):
+        """The frame on screen at time t (seconds; math.inf: the last frame): the last one whose timestamp is <= t
+        (the first frame for a t before it)."""
+        ts = None if math.isinf(t) else int(math.floor(t / self.tb))
+        if math.isinf(t):
+            end = self.facts.start + (self.facts.duration or 0.0)
+            seek_ts = int(math.ceil(end / self.tb))
+        else:
+            seek_ts = ts   # FFmpeg seeks by presentation time (mov corrects its dts index for the delay itself)
+        if self.pending is None or self.pending.time <= t:   # the frames decoded so far do not reach t
+            if self.prev is None and self.pending is None and self.last is None:
+                pass                                          # fresh run from the start: decode forward
+            elif self._ahead(seek_ts):
+                self._start(seek_ts)
+        if ts is not None:
+            self.skip_below = ts - self.margin
+        else:   # the last frame: at the last frame's time found before decoding (_last_time), if any
+            self.skip_below = None if self.end is None else int(self.end / self.tb) - self.margin
+        for _ in range(self.MAX_RETRIES):
+            a, b = self.prev, None
+            while True:
+                f = self._next()
+                if f is None or f.time > t:
+                    b = f
+                    break
+                a = f
+            self.prev, self.pending = a, b
+            if a is None and b is not None and self.after_seek and b.time != self.first:
+                # landed after t (a keyframe shown later than its decode time, or a coarse index): one GOP back
+                seek_ts = min(seek_ts, b.pts - self.delay) - 1
+                self._start(seek_ts)
+                continue
+            if a is None and b is None:
+                raise _Untrusted("a seek found no frames (the file ends before its index says?)")
+            limit = math.inf if ts is None else ts
+            if any((a is None or p > a.pts) and p <= limit for p in self.skipped):
+                # a frame the decoder may have dropped was the one on screen at t (frames further apart than
+                # the margin): decode this GOP again, dropping nothing
+                self.exact = True
+                self._start(min(seek_ts, (a.pts if a is not None else b.pts if b is not None else seek_ts)))
+                self.exact = False
+                continue
+            if b is None and not math.isinf(t) and self.facts.duration:
+                end = self.facts.start + self.facts.duration
+                if t < end - 2 * (1 / (self.facts.fps or FALLBACK_FPS)) and (a is None or a.time < t - 1):
+                    raise _Untrusted("the video ends before its container says (truncated?)")
+            return a if a is not None else b
+        raise _Untrusted("seeking does not reach the wanted frames")
+
+
+def _targets(times_or_span, max_frames: int, sampling: str, fps: float, source_fps: float) -> list[float]:
+    """Instants (seconds from the first frame) to take the nearest frame of: max_frames evenly from the first
+    frame's time to the last frame's ("uniform"), or one every 1/fps seconds thinned to max_frames ("fps").
+
+    times_or_span: the last frame's time, and a frame count for "uniform" as (span, count)."""
+    span, count = times_or_span
+    if sampling == "uniform":
+        k = min(max_frames, count)
+        if k <= 1 or span <= 0:
+            return [0.0]
+        return [j * span / (k - 1) for j in range(k)]
+    steps = math.floor(span * fps + 1e-9)
+    times = [m / fps for m in range(steps + 1)]
+    # a source slower than fps: each of its frames once (nearest frame of each instant, CFR estimate)
+    seen, unique = set(), []
+    for t in times:
+        i = round(t * source_fps)
+        if i not in seen:
+            seen.add(i)
+            unique.append(t)
+    return [unique[i] for i in _uniform(len(unique), max_frames)]
+
+
+def _choose(times: list[float], max_frames: int, sampling: str, fps: float, source_fps: float) -> list[int]:
+    """Indices into times (seconds, increasing) of the frames _targets' instants take (see _on_screen)."""
+    rel = np.asarray(times) - times[0]
+    want = _targets((float(rel[-1]), len(times)), max_frames, sampling, fps, source_fps)
+    out = []
+    for t in want:
+        i = max(0, int(np.searchsorted(rel, _on_screen(t, source_fps), side="right")) - 1)   # last rel <= t'
+        if not out or out[-1] != i:
+            out.append(i)
+    if sampling == "fps":
+        out = [out[i] for i in _uniform(len(out), max_frames)]
+    return out
+
+
+def _on_screen(t: float, source_fps: float) -> float:
+    """The instant whose frame on screen an instant t (seconds from the first frame) takes: half an (average) frame
+    later, so that at a constant frame rate it is the frame nearest t (frame round(t * fps), as the frame-index
+    sampling of clip_from_frames). The first instant takes the first frame."""
+    return t + 0.5 / source_fps - 1e-7 if t > 0 else t   # (- 1e-7 s: on a tie, the earlier frame)
+
+
+def _sequential(path, shown, facts: _Facts, source_fps: float, max_frames, sampling, fps, convert, budget, said,
+                note):
+    """Every frame decoded in order; returns (kept frames, their times, frames decoded)."""
+    # pass 1, demux only (no decoding): the frame times, to choose from
+    container, stream = _open(path, shown, threads=False)
+    try:
+        pts = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size:
+                    pts.append(packet.pts)
+        except av.error.FFmpegError as e:
+            said.append(_reason(e))
+        tb = stream.time_base
+    finally:
+        container.close()
+
+    def plan(stamps):
+        """(chosen positions in presentation order, their times); times from the order and fps when the
+        timestamps are missing or go backwards."""
+        if stamps and None not in stamps and all(b > a for a, b in zip(stamps, stamps[1:])) and tb:
+            secs = [float(p * tb) for p in stamps]
+            times = [s - secs[0] for s in secs]
+        else:
+            times = [i / source_fps for i in range(len(stamps))]
+        idx = _choose(times, max_frames, sampling, fps, source_fps) if stamps else []
+        return idx, [times[i] for i in idx]
+
+    order = sorted(p for p in pts if p is not None) if None not in pts else pts
+    wanted, _ = plan(order)
+    if wanted:
+        budget(len(wanted))
+
+    def scan(positions):
+        kept, seen = {}, []
+        want = set(positions)
+        container, stream = _open(path, shown, threads=False)
+        try:
+            for frame in _decode(container, stream, said):
+                if len(seen) in want:
+                    kept[len(seen)] = convert(frame)
+                seen.append(frame.pts)
+        finally:
+            container.close()
+        return kept, seen
+
+    kept, decoded = scan(wanted)
+    total = len(decoded)
+    if total == 0:
+        raise VideoError(f"{shown} has no decodable video frames (audio only, or corrupt?); use another file")
+    if not facts.frames:
+        note(f"the container reports no frame count; counted {total} frame{'s' if total != 1 else ''}")
+    elif total != facts.frames:
+        note(f"the container reports {facts.frames} frames but {total} decode; sampling from {total}")
+    if decoded != order:   # frames the decoder dropped or added: choose again from what decoded
+        wanted, times = plan(decoded)
+        missing = [i for i in wanted if i not in kept]
+        if missing:
+            budget(len(wanted))
+            more, _ = scan(missing)
+            kept.update(more)
+    else:
+        _, times = plan(decoded)
+    return [kept[i] for i in wanted], times, total
 
 
 def load_video(path, *, max_frames: int = 16, sampling: str = "uniform", fps: float = 2.0,
@@ -325,11 +699,16 @@ def load_video(path, *, max_frames: int = 16, sampling: str = "uniform", fps: fl
     """Decode and sample a video file into a Clip (uint8 [T, h, w, 3] RGB, T even, h and w multiples of 28).
 
     path: str, bytes or os.PathLike.
-    sampling "uniform": max_frames frames evenly over the whole video (round(linspace(0, N-1, max_frames))).
-    sampling "fps": a frame every 1/fps seconds over the whole video; over max_frames, thinned evenly.
+    sampling "uniform": max_frames instants evenly from the first frame's time to the last frame's, each taking the
+    nearest frame (the earlier on a tie): for a constant frame rate, frames round(linspace(0, N-1, max_frames)).
+    sampling "fps": the nearest frame every 1/fps seconds over the whole video; over max_frames, thinned evenly.
+    Timestamps are the frames' own (presentation time minus the first frame's), so a variable frame rate samples
+    evenly in time. Only the frames needed are decoded (seek to the keyframe before, decode forward); files where
+    seeking cannot be trusted are read in one sequential pass, with a note.
     Each kept frame is resized with smart_resize(min_pixels, max_pixels); an odd count gets its last frame repeated.
     max_video_tokens: raise BudgetError when the sampled frames would make more visual tokens (before Stage 1);
-    checked from the container's frame count and size before any frame is decoded, and again on what decoded.
+    checked from the container's frame count, duration and size before any frame is decoded, and again on what
+    decoded.
     """
     _check_sampling(max_frames, sampling, fps)
     _check_pixels(min_pixels, max_pixels)
@@ -343,72 +722,81 @@ def load_video(path, *, max_frames: int = 16, sampling: str = "uniform", fps: fl
 
     size = None
 
-    def resize(bgr):
+    def convert(frame):
         nonlocal size
-        if size is None:  # from the decoded frame, not the container: OpenCV applies rotation metadata
-            size = smart_resize(bgr.shape[0], bgr.shape[1], min_pixels=min_pixels, max_pixels=max_pixels)
-        return _resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), *size)
+        rgb = frame.to_ndarray(format="rgb24")
+        turn = round((getattr(frame, "rotation", 0) or 0) / 90) % 4   # the display matrix, as players show it
+        if turn:
+            rgb = np.rot90(rgb, turn)
+        if size is None:  # from the decoded frame, not the container: rotation swaps the sides
+            size = smart_resize(rgb.shape[0], rgb.shape[1], min_pixels=min_pixels, max_pixels=max_pixels)
+        return _resize(rgb, *size)
 
     def budget(n_frames):
         # Before decoding: the container's size is enough, since the token count does not depend on rotation
         # (smart_resize is symmetric in height and width). A count the container over-reports can refuse a
         # video that would have fitted, and then the advice (fewer frames) is still right.
-        h, w = size or (smart_resize(*container_size, min_pixels=min_pixels, max_pixels=max_pixels)
-                        if min(container_size) > 0 else (0, 0))
+        h, w = size or (smart_resize(*facts.size, min_pixels=min_pixels, max_pixels=max_pixels)
+                        if min(facts.size) > 0 else (0, 0))
         _check_tokens(shown, n_frames, h, w, max_video_tokens)
 
-    with _ffmpeg_messages() as said:   # decoding and release(), which flushes the decoder, both talk
-        cap = _open(path, shown)
+    with _ffmpeg_messages() as said:
+        container, stream = _open(path, shown)
         try:
-            source_fps = cap.get(cv2.CAP_PROP_FPS)
-            if not (math.isfinite(source_fps) and 0 < source_fps < 1000):
-                note(f"the container reports {source_fps} fps; assuming {FALLBACK_FPS:g}")
+            facts = _facts(container, stream, path)
+            source_fps = facts.fps
+            if source_fps is None and facts.frames > 1 and facts.duration:
+                source_fps = facts.frames / facts.duration
+                note(f"the container reports no frame rate; {source_fps:.4g} fps from its frame count and duration")
+            elif source_fps is None:
                 source_fps = FALLBACK_FPS
-            container_size = tuple(int(v) if math.isfinite(v) else 0
-                                   for v in (cap.get(cv2.CAP_PROP_FRAME_HEIGHT), cap.get(cv2.CAP_PROP_FRAME_WIDTH)))
-            reported = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-            reported = int(reported) if math.isfinite(reported) and reported >= 1 else 0
-            if reported:
-                # Trust the count but check it: it is often estimated from duration * fps. Grabbing up to index
-                # `reported` (one past the end) tells whether the video really ends there.
-                wanted = _select(reported, source_fps, max_frames, sampling, fps)
-                budget(len(wanted))
-                kept, total = _scan(cap, wanted, reported, resize)
-                if total > reported:
-                    while cap.grab():
-                        total += 1
-            else:
-                kept, total = _scan(cap, [], math.inf, resize)
-            if total == 0:
-                raise VideoError(f"{shown} has no decodable video frames (audio only, or corrupt?); use another file")
-            if reported and total != reported:
-                note(f"the container reports {reported} frames but {total} decode; sampling from {total}")
-            elif not reported:
-                note(f"the container reports no frame count; counted {total} frame{'s' if total != 1 else ''}")
+                note(f"the container reports no frame rate; assuming {FALLBACK_FPS:g}")
+            why = facts.sequential
+            if why is None:
+                count = estimate = max(1, round(facts.duration * source_fps))
+                if facts.frames and abs(facts.frames - estimate) <= max(2, 0.02 * estimate):
+                    count = facts.frames
+                elif facts.frames:   # one of them is wrong; the duration is what seeking goes by
+                    note(f"the container reports {facts.frames} frames but {facts.duration:.3f} s at "
+                         f"{source_fps:.4g} fps make {estimate}; sampling as if {estimate}")
+                budget(len(_targets((max(0.0, facts.duration - 1 / source_fps), count), max_frames, sampling, fps,
+                                    source_fps)))
+                cursor = None
+                try:
+                    end = _last_time(container, stream, facts, source_fps)
+                    span = max(0.0, end - facts.start)
+                    want = _targets((span, count), max_frames, sampling, fps, source_fps)
+                    budget(len(want))
+                    cursor = _Cursor(container, stream, facts, said, lambda: _open(path, shown, threads=False), end)
+                    got, kept = [], []
+                    for j, t in enumerate(want):
+                        last = sampling == "uniform" and j == len(want) - 1 and j > 0
+                        f = cursor.at(math.inf if last else facts.start + _on_screen(t, source_fps))
+                        if not got or f.pts > got[-1].pts:
+                            got.append(f)
+                            kept.append(convert(f.frame))   # right away: RAM holds kept frames at their final size
+                            f.frame = None                  # (a frame returned again is a duplicate, never used)
+                        elif f.pts < got[-1].pts:
+                            raise _Untrusted("the stream's timestamps go backwards")
+                    first = cursor.first if cursor.first is not None else facts.start
+                    times = [f.time - first for f in got]
+                    total = count
+                except _Untrusted as e:
+                    why = str(e)
+                finally:
+                    if cursor is not None:
+                        cursor.close()
         finally:
-            cap.release()
-
-    wanted = _select(total, source_fps, max_frames, sampling, fps)
-    missing = [i for i in wanted if i not in kept]
-    if missing:  # the count was missing or wrong: a second pass for the frames the first one did not pick
-        budget(len(wanted))
-        with _ffmpeg_messages() as again:
-            cap = _open(path, shown)
-            try:
-                more, _ = _scan(cap, missing, missing[-1], resize)
-            finally:
-                cap.release()
-        said += again
-        kept.update(more)
-        lost = [i for i in missing if i not in more]
-        if lost:
-            note(f"frames {lost} could not be decoded; left out")
-            wanted = [i for i in wanted if i in kept]
-            if not wanted:
-                raise VideoError(f"{shown}: no frame could be decoded; check the file plays, or re-encode it")
+            container.close()
+        if why is not None:
+            size = None
+            kept, times, total = _sequential(path, shown, facts, source_fps, max_frames, sampling, fps, convert,
+                                             budget, said, note)
+            if total > 1:   # (a single picture, a PNG named .mp4 say, has nothing to seek in)
+                note(f"read in one sequential pass: {why}")
     if said:
         note(f"FFmpeg reported {len(said)} problem(s) while decoding, first {said[0]!r}; some frames may be damaged")
-    clip = _make_clip([kept[i] for i in wanted], wanted, source_fps, total, shown, notes)
+    clip = _clip_at(kept, times, source_fps, total, shown, notes)
     _check_tokens(shown, *clip.frames.shape[:3], max_video_tokens)
     return clip
 

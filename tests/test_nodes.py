@@ -673,14 +673,19 @@ def test_errors_carry_the_library_name_not_the_pack_folder(env):
 
 
 def test_over_budget_file_fails_before_it_is_decoded(env, monkeypatch):
-    grabbed = []
+    decoded = []
     video_mod = env.lib("video")
-    real_scan = video_mod._scan
-    monkeypatch.setattr(video_mod, "_scan", lambda cap, wanted, *a: grabbed.append(wanted) or real_scan(cap, wanted, *a))
+    real_decode = video_mod._decode
+
+    def spy(*a):
+        for frame in real_decode(*a):
+            decoded.append(frame.pts)
+            yield frame
+    monkeypatch.setattr(video_mod, "_decode", spy)
     with pytest.raises(errors(env).BudgetError, match="max_video_tokens=16384"):
         call(env, "PruneVidLoadVideo", path="", file="bigbuckbunny.mp4", sampling="uniform", sampling_fps=2.0,
              max_frames=1024, max_pixels=1280 * 720)
-    assert grabbed == []                                  # no decoding pass ran
+    assert decoded == []                                  # not one frame decoded
 
 
 def test_corrupt_video_file(env):

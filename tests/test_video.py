@@ -83,67 +83,82 @@ def test_max_pixels_and_small_videos():
 
 # ---------------------------------------------------------------- decoding only what is needed
 
-class CountingCapture:
-    """cv2.VideoCapture that counts grab()/retrieve() and can pretend the container says something else."""
-
-    def __init__(self, cap, fake):
-        self.cap, self.fake, self.grabs, self.retrieves = cap, fake, 0, 0
-
-    def grab(self):
-        self.grabs += 1
-        return self.cap.grab()
-
-    def retrieve(self, *args):
-        self.retrieves += 1
-        return self.cap.retrieve(*args)
-
-    def get(self, prop):
-        return self.fake[prop] if prop in self.fake else self.cap.get(prop)
-
-    def __getattr__(self, name):
-        return getattr(self.cap, name)
+# PyAV >= 16 shows the demuxer's index; older versions (lmms-eval's venv pins av < 16) probe with a second demuxer
+INDEX = hasattr(__import__("av").video.stream.VideoStream, "index_entries")
 
 
 @pytest.fixture
-def counting(monkeypatch):
-    real = cv2.VideoCapture
-    opened = []
+def reading(monkeypatch):
+    """Counts what the reader does (files opened, frames decoded, frames converted) and can make the container
+    say something else (fields of video._Facts)."""
+    seen = {"opens": 0, "decoded": 0, "converted": 0}
+    real_open, real_decode, real_resize, real_facts = video._open, video._decode, video._resize, video._facts
 
-    def install(fake=None):
-        def factory(*args):
-            opened.append(CountingCapture(real(*args), fake or {}))
-            return opened[-1]
-        monkeypatch.setattr(cv2, "VideoCapture", factory)
-        return opened
+    def opened(*a, **k):
+        seen["opens"] += 1
+        return real_open(*a, **k)
+
+    def decode(*a):
+        for f in real_decode(*a):
+            seen["decoded"] += 1
+            yield f
+
+    def resize(*a):
+        seen["converted"] += 1
+        return real_resize(*a)
+
+    monkeypatch.setattr(video, "_open", opened)
+    monkeypatch.setattr(video, "_decode", decode)
+    monkeypatch.setattr(video, "_resize", resize)
+
+    def install(**fake):
+        seen.update(opens=0, decoded=0, converted=0)
+
+        def facts(*a):
+            f = real_facts(*a)
+            for k, v in fake.items():
+                setattr(f, k, v)
+            return f
+        monkeypatch.setattr(video, "_facts", facts)
+        return seen
     return install
 
 
-def test_retrieves_only_kept_frames(counting):
-    opened = counting()
+def test_converts_only_kept_frames(reading):
+    seen = reading()
     clip = load_video(sample_video_path("bigbuckbunny.mp4"), max_frames=16)
     assert clip.frames.shape[0] == 16
-    assert len(opened) == 1                  # one pass
-    assert opened[0].retrieves == 16         # only the kept frames are converted and copied
-    assert opened[0].grabs == 132 + 1        # every frame once, plus the grab that finds the end
+    assert seen["opens"] == 1 + (not INDEX)   # no second pass (PyAV < 16: a second demuxer probes seeks)
+    assert seen["converted"] == 16            # only the kept frames are converted and resized
+    assert seen["decoded"] <= 132             # (one GOP here: up to every frame once, never more)
 
 
-@pytest.mark.parametrize("reported", [0.0, float("nan"), 50.0, 300.0])
-def test_wrong_frame_count(counting, reported, caplog):
+@pytest.mark.parametrize("reported", [0, 50, 300])
+def test_wrong_frame_count(reading, reported, caplog):
+    """A count that is missing is estimated from duration x fps; one that disagrees with them is noted and
+    replaced by the estimate. Either way the same frames are read."""
     path = sample_video_path("bigbuckbunny.mp4")
     good = load_video(path, max_frames=10)
-    opened = counting({cv2.CAP_PROP_FRAME_COUNT: reported})
+    seen = reading(frames=reported)
     clip = load_video(path, max_frames=10)
-    assert clip.source_frames == 132 and len(clip.notes) == 1 and "frame" in caplog.records[-1].getMessage()
+    assert clip.source_frames == 132
     assert clip.timestamps == good.timestamps and torch.equal(clip.frames, good.frames)
-    assert sum(c.retrieves for c in opened) <= 10 + 10   # at most a second pass for the frames still missing
+    if reported:
+        assert len(clip.notes) == 1 and f"reports {reported} frames" in caplog.records[-1].getMessage()
+    else:
+        assert clip.notes == []
+    assert seen["converted"] == 10 and seen["opens"] == 1 + (not INDEX)
 
 
-@pytest.mark.parametrize("fps", [0.0, float("nan"), -1.0])
-def test_missing_fps_falls_back_to_25(counting, fps, caplog):
-    counting({cv2.CAP_PROP_FPS: fps})
-    clip = load_video(sample_video_path("carphone_pristine.mp4"), max_frames=4)  # really 29.97 fps
-    assert "assuming 25" in caplog.records[-1].getMessage()
-    assert clip.source_fps == 25.0 and clip.timestamps[-1] == pytest.approx(119 / 25)
+@pytest.mark.parametrize("frames", [120, 0])
+def test_missing_fps(reading, frames, caplog):
+    """No usable rate in the container: from the frame count and duration, else 25 fps is assumed. Timestamps are
+    the frames' own either way."""
+    reading(fps=None, frames=frames)
+    clip = load_video(sample_video_path("carphone_pristine.mp4"), max_frames=4)  # really 29.97 fps, 120 frames
+    assert "frame rate" in caplog.records[0].getMessage()
+    assert clip.source_fps == (pytest.approx(120 / 4.004, rel=1e-3) if frames else 25.0)
+    assert clip.timestamps[0] == 0.0 and clip.timestamps[-1] == pytest.approx(119 * 1001 / 30000)
     check_clip(clip, video.MAX_PIXELS)
 
 
@@ -417,8 +432,8 @@ def large_clip(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("large") / "large.mp4", 24, 480, 640)
 
 
-@pytest.mark.parametrize("reported", [None, 0.0])   # the container's frame count, or none (counted by a pass)
-def test_budget_checked_before_decoding(large_clip, counting, reported):
+@pytest.mark.parametrize("reported", [None, 0])   # the container's frame count, or none (estimated)
+def test_budget_checked_before_decoding(large_clip, reading, reported):
     import tracemalloc
 
     from prunevid import engine
@@ -430,7 +445,7 @@ def test_budget_checked_before_decoding(large_clip, counting, reported):
     tokens = engine.visual_token_count(clip)            # 12 groups x 17 x 23
     assert clip.frames.shape == (24, 476, 644, 3) and tokens == 12 * 17 * 23
 
-    opened = counting({} if reported is None else {cv2.CAP_PROP_FRAME_COUNT: reported})
+    seen = reading() if reported is None else reading(frames=reported)
     tracemalloc.start()
     try:
         with pytest.raises(BudgetError, match=f"24 frames at 644x476 make {tokens} visual tokens, over "
@@ -439,8 +454,7 @@ def test_budget_checked_before_decoding(large_clip, counting, reported):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert sum(c.retrieves for c in opened) == 0         # not one frame converted or kept
-    assert sum(c.grabs for c in opened) == (0 if reported is None else 24 + 1)
+    assert seen["decoded"] == 0 and seen["converted"] == 0   # not one frame decoded
     assert peak < 644 * 476 * 3                          # less than one kept frame (all 24 would be 22 MB)
     assert torch.equal(read_video(large_clip, config.replace(max_video_tokens=tokens)).frames, clip.frames)
 
@@ -482,11 +496,17 @@ def test_notes_are_log_lines_not_python_warnings(tmp_path, caplog, recwarn):
     assert [r.getMessage() for r in caplog.records] == [f"{png}: {n}" for n in clip.notes] and clip.notes
 
 
-def test_other_output_on_stderr_survives_the_capture(capfd):
+def test_ffmpeg_log_is_collected_and_other_output_survives(capfd):
+    """FFmpeg's log (through PyAV) is collected while we read; what else is written to stderr is left alone, and
+    PyAV's own log level is restored afterwards."""
+    import av.logging
+    level = av.logging.get_level()
     with video._ffmpeg_messages() as messages:
-        os.write(2, b"[h264 @ 0x55d1c0de] error while decoding MB 7 0\nanother thread's line\n")
+        av.logging.log(av.logging.ERROR, "h264", "error while decoding MB 7 0")
+        os.write(2, b"another thread's line\n")
     assert messages == ["error while decoding MB 7 0"]
     assert capfd.readouterr().err == "another thread's line\n"
+    assert av.logging.get_level() == level
 
 
 def test_cli_prints_our_lines_only_for_broken_files(tmp_path):
@@ -527,3 +547,245 @@ def test_the_readers_notes_reach_the_stats_of_library_users(qm, tmp_path):
     assert encoded.notes == clip.notes
     pf = engine.prefill(encoded, "What is it?", get_paper_config(pruning_layer=2))
     assert pf.stats["video"]["notes"] == clip.notes
+
+
+# ---------------------------------------------------------------- frame-exact seeking (issue 23)
+# Clips made here with PyAV's encoders, 168x112 (on the 28 grid, so no resize: the pixels are the decoder's own).
+# The reference is a full sequential decode of the same file with PyAV; every returned frame must equal the
+# reference frame with the same timestamp, pixel for pixel.
+
+W, H = 168, 112
+
+
+def _picture(i):
+    """Frame i: a gradient that moves with i and a block whose place encodes i (every frame differs)."""
+    ramp = np.add.outer(np.arange(H), np.arange(W))
+    img = np.stack([(ramp + 5 * i) % 256, (ramp // 2 + 3 * i) % 256, np.full_like(ramp, 17 * i % 256)], -1)
+    y, x = (i // 6) % 4 * 28, i % 6 * 28
+    img[y:y + 28, x:x + 28] = 255 - img[y:y + 28, x:x + 28]
+    return img.astype(np.uint8)
+
+
+def _encode(path, codec, pts, time_base, options=None, fmt=None, faststart=False):
+    av = pytest.importorskip("av")
+    from fractions import Fraction
+    with av.open(str(path), "w", format=fmt, options={"movflags": "faststart"} if faststart else {}) as c:
+        s = c.add_stream(codec, rate=25, options=options or {})
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.time_base = Fraction(1, time_base)
+        s.codec_context.time_base = Fraction(1, time_base)
+        for i, p in enumerate(pts):
+            frame = av.VideoFrame.from_ndarray(_picture(i), "rgb24")
+            frame.pts, frame.time_base = p, Fraction(1, time_base)
+            c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+    return path
+
+
+def _reference(path):
+    """Full sequential decode: [(seconds from the first frame, rgb)] in presentation order."""
+    import av
+    out = []
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        packets = c.demux(s)
+        while True:
+            try:
+                packet = next(packets)
+            except (StopIteration, av.error.FFmpegError):   # a truncated file: what the decoder still holds
+                packet = None
+            try:
+                frames = packet.decode() if packet is not None else s.decode(None)
+            except av.error.FFmpegError:                     # a damaged packet: skipped, as ffmpeg does
+                frames = []
+            out += [(float(f.pts * s.time_base), f.to_ndarray(format="rgb24")) for f in frames]
+            if packet is None:
+                break
+    return [(t - out[0][0], img) for t, img in out]
+
+
+def _check_exact(clip, ref):
+    times = [t for t, _ in ref]
+    assert clip.frames.shape[1:] == (H, W, 3)
+    for k, t in enumerate(clip.timestamps):
+        j = int(np.argmin(np.abs(np.asarray(times) - t)))
+        assert times[j] == pytest.approx(t, abs=1e-9), f"timestamp {t} is no frame's"
+        assert np.array_equal(clip.frames[k].numpy(), ref[j][1]), f"frame at {t} s differs from the full decode"
+    check_clip(clip, video.MAX_PIXELS)
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """pts of every frame the reader decodes, per decoding run."""
+    runs = []
+    real = video._decode
+
+    def spy(*a):
+        runs.append([])
+        for f in real(*a):
+            runs[-1].append(f.pts)
+            yield f
+    monkeypatch.setattr(video, "_decode", spy)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def h264_bframes(tmp_path_factory):
+    """360 frames at 25 fps, B-frames, a keyframe every 120 frames (a long GOP)."""
+    path = tmp_path_factory.mktemp("h264") / "bframes.mp4"
+    return _encode(path, "libx264", range(360), 25,
+                   {"x264-params": "keyint=120:min-keyint=120:scenecut=0:bframes=3:b-pyramid=normal"})
+
+
+@pytest.mark.parametrize("max_frames", [4, 16, 64])
+def test_h264_bframes_long_gop_exact(h264_bframes, decoded, max_frames):
+    import av
+    with av.open(str(h264_bframes)) as c:
+        assert c.streams.video[0].codec_context.has_b_frames       # the clip really has B-frames
+    ref = _reference(h264_bframes)
+    clip = load_video(h264_bframes, max_frames=max_frames)
+    _check_exact(clip, ref)
+    idx = np.rint(np.linspace(0, 359, max_frames)).astype(int)     # constant rate: the old reader's frames
+    assert clip.timestamps[:max_frames] == pytest.approx((idx / 25).tolist())
+    assert clip.source_frames == 360 and clip.source_fps == 25.0 and clip.notes == []
+    assert clip.fps == pytest.approx((max_frames - 1) * 25 / 359)
+    every = [p for run in decoded for p in run]
+    assert len(every) == len(set(every)), "a frame was decoded twice"
+    if max_frames == 4:   # frames 0, 120, 239, 359: 3 GOPs, the middle of each never needs decoding
+        assert len(every) < 360 * 0.75
+
+
+def test_fps_sampling_exact(h264_bframes, decoded):
+    clip = load_video(h264_bframes, sampling="fps", fps=2.0, max_frames=64)   # 14.36 s: 29 instants
+    _check_exact(clip, _reference(h264_bframes))
+    # the frame nearest each m / 2 s (0.5 s falls between frames 12 and 13 at 25 fps: the earlier on a tie)
+    assert clip.timestamps[:29] == pytest.approx([(m * 25 // 2) / 25 for m in range(29)]) and clip.fps == 2.0
+    assert clip.timestamps[29] == clip.timestamps[28]            # 29 frames: the last one repeated
+    every = [p for run in decoded for p in run]
+    assert len(every) == len(set(every))
+
+
+def test_variable_frame_rate_samples_evenly_in_time(tmp_path):
+    """2 s at 30 fps, then 8 s at 5 fps: by frame count, 60 of 100 frames are in the first 2 s."""
+    pts = [i * 100 for i in range(60)] + [6000 + i * 600 for i in range(40)]     # time base 1/3000
+    path = _encode(tmp_path / "vfr.mp4", "libx264", pts, 3000, {"x264-params": "keyint=50:bframes=2"})
+    ref = _reference(path)
+    assert [t for t, _ in ref][:2] == [0.0, pytest.approx(1 / 30)] and ref[-1][0] == pytest.approx(9.8)
+    clip = load_video(path, max_frames=16)
+    _check_exact(clip, ref)
+    ts = clip.timestamps
+    assert ts[0] == 0.0 and ts[-1] == pytest.approx(9.8)
+    # evenly in time: frame j is the one on screen near j * 9.8 / 15 s (within a slow frame, 0.2 s); by frame
+    # index it would be seconds off, 60 % of the frames falling in the first 2 s
+    assert all(abs(t - j * 9.8 / 15) <= 0.2 for j, t in enumerate(ts))
+    assert sum(t < 2.0 for t in ts) <= 4
+    assert clip.fps == pytest.approx(15 / 9.8)
+
+
+def test_non_zero_start_time(tmp_path):
+    """The first frame is shown at 3 s (an mp4 edit list delays it): timestamps count from the first frame."""
+    import av
+    path = _encode(tmp_path / "late.mp4", "libx264", range(75, 75 + 200), 25,
+                   {"x264-params": "keyint=60:bframes=2"})
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        assert float(s.start_time * s.time_base) == pytest.approx(3.0)
+    clip = load_video(path, max_frames=8)
+    _check_exact(clip, _reference(path))
+    idx = np.rint(np.linspace(0, 199, 8)).astype(int)
+    assert clip.timestamps == pytest.approx((idx / 25).tolist()) and clip.source_frames == 200
+
+
+def test_vp9_webm_exact(tmp_path, decoded):
+    path = _encode(tmp_path / "clip.webm", "libvpx-vp9", range(150), 25,
+                   {"g": "60", "deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"})
+    ref = _reference(path)
+    clip = load_video(path, max_frames=6)
+    _check_exact(clip, ref)
+    idx = np.rint(np.linspace(0, 149, 6)).astype(int)
+    assert clip.timestamps == pytest.approx((idx / 25).tolist())
+    assert clip.source_fps == 25.0 and clip.source_frames == 150 and clip.notes == []
+    every = [p for run in decoded for p in run]
+    assert len(every) == len(set(every)) and len(every) < 150
+
+
+def test_truncated_file_falls_back_to_one_pass(h264_bframes, tmp_path):
+    """moov first (faststart): the index promises 360 frames, the data stops early; read sequentially."""
+    full = _encode(tmp_path / "fast.mp4", "libx264", range(360), 25, {"x264-params": "keyint=120:bframes=3"},
+                   faststart=True)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    ref = _reference(cut)
+    assert 50 < len(ref) < 360
+    clip = load_video(cut, max_frames=8)
+    _check_exact(clip, ref)
+    assert clip.source_frames == len(ref)
+    assert clip.timestamps[-1] == pytest.approx(ref[-1][0])      # the last frame that decodes
+    assert any("sequential pass" in n for n in clip.notes) and any("reports 360 frames" in n for n in clip.notes)
+
+
+def test_timestamps_going_backwards_fall_back_to_one_pass(tmp_path):
+    """Two MPEG-TS files joined byte for byte (a recorder restarting): timestamps restart in the middle."""
+    a = _encode(tmp_path / "a.ts", "libx264", range(50), 25, {"x264-params": "keyint=25"}, fmt="mpegts")
+    b = _encode(tmp_path / "b.ts", "libx264", range(50), 25, {"x264-params": "keyint=25"}, fmt="mpegts")
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(a.read_bytes() + b.read_bytes())
+    import av
+    with av.open(str(joined)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 100
+    clip = load_video(joined, max_frames=6)
+    assert any("sequential pass" in n for n in clip.notes)
+    idx = np.rint(np.linspace(0, 99, 6)).astype(int)            # by decode order at the container's rate
+    assert clip.timestamps == pytest.approx((idx / 25).tolist())
+    for k, i in enumerate(idx):
+        assert np.array_equal(clip.frames[k].numpy(), frames[i])
+
+
+def test_a_dropped_frame_that_is_wanted_is_decoded_again(tmp_path, monkeypatch):
+    """Frames shown well before the wanted instant go to the decoder as droppable (skip_frame NONREF). Here 5 s at
+    60 fps then 10 frames 1 s apart: the average is 22 fps, so "well before" (two average frames, 0.09 s) is less
+    than the slow frames' spacing and the frame on screen can be one the decoder dropped. The reader notices and
+    decodes that GOP again without dropping: the frames still equal the full decode."""
+    pts = [i * 50 for i in range(300)] + [15000 + i * 3000 for i in range(10)]     # time base 1/3000
+    path = _encode(tmp_path / "vfr2.mp4", "libx264", pts, 3000, {"x264-params": "keyint=400:bframes=3:b-adapt=0"})
+    again = []
+    real = video._Cursor._start
+
+    def start(self, seek):
+        if self.exact:
+            again.append(seek)
+        return real(self, seek)
+    monkeypatch.setattr(video._Cursor, "_start", start)
+    ref = _reference(path)
+    clip = load_video(path, max_frames=16)
+    _check_exact(clip, ref)
+    assert again                                            # the path was taken
+    assert clip.timestamps[6:] == pytest.approx([5.0 + i for i in range(10)])   # every slow frame, none skipped
+
+
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_rotation_metadata_is_applied_as_opencv_does(tmp_path, degrees):
+    """A phone video stores its rotation in the display matrix: frames come out turned as players (and OpenCV,
+    which the reader before PyAV used) show them."""
+    import av
+    path = tmp_path / f"rot{degrees}.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        if not hasattr(s, "set_display_rotation"):
+            pytest.skip("this PyAV cannot write a display rotation")
+        s.set_display_rotation(degrees)
+        for i in range(4):
+            frame = av.VideoFrame.from_ndarray(_picture(i), "rgb24")
+            frame.pts = i
+            c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+    cap = cv2.VideoCapture(str(path))
+    ok, bgr = cap.read()
+    cap.release()
+    assert ok
+    clip = load_video(path, max_frames=2)
+    assert clip.frames.shape[1:3] == ((W, H) if degrees % 180 else (H, W))
+    assert np.array_equal(clip.frames[0].numpy(), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
