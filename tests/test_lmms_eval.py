@@ -335,7 +335,7 @@ def rope_index(checkpoint, inputs: dict, tf457: bool) -> dict:
     if tf457:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TF457), env.get("PYTHONPATH")) if p)
     proc = subprocess.run([sys.executable, "-c", ROPE_INDEX], input=json.dumps({"checkpoint": str(checkpoint),
-                          "inputs": inputs}), env=env, capture_output=True, text=True, timeout=600)
+                          "inputs": inputs}), env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
