@@ -2,8 +2,9 @@
 # The test command (README): the whole suite on the installed transformers (5.x), then everything that touches
 # transformers again on 4.57.x (what many ComfyUI installs still run), installed side by side in .cache/tf457,
 # then the lmms-eval tests in their own venv, .cache/venv-eval (the [eval] extra: lmms-eval 0.7.3 pins av<16 and
-# needs filelock<4, so installed into the main environment it would change what the other phases run on), then the
-# real-ComfyUI test with ComfyUI's Python in .cache/venv-comfyui.
+# needs filelock<4, so installed into the main environment it would change what the other phases run on), then
+# their long-clip parity tests in that venv on 4.57.6, then the real-ComfyUI test with ComfyUI's Python in
+# .cache/venv-comfyui.
 # Every phase always runs (a failure in one must not hide the others); the command repeats the summaries and
 # fails if any phase failed.
 set -uo pipefail
@@ -73,6 +74,25 @@ else
   lmms=1
 fi
 
+# The long-clip parity tests again on transformers 4.57.6, where lmms-eval's own qwen2_5_vl places text after a video
+# as Qwen2.5-VL was trained (docs/evaluation.md): the eval venv with .cache/tf457 in front, and a datasets that
+# accepts 4.57's huggingface-hub 0.x (the venv's datasets 5.x needs 1.x) in .cache/tf457-eval.
+TF457_EVAL=.cache/tf457-eval
+if [ ! -f "$TF457_EVAL/datasets/__init__.py" ]; then
+  rm -rf "$TF457_EVAL.partial" "$TF457_EVAL"
+  pip install -q --no-deps --target "$TF457_EVAL.partial" "datasets==4.8.5" && mv "$TF457_EVAL.partial" "$TF457_EVAL"
+fi
+if [ -f "$EVAL/.complete" ] && [ -f "$TF457/transformers/__init__.py" ] && [ -f "$TF457_EVAL/datasets/__init__.py" ]; then
+  PYTHONPATH="$TF457:$TF457_EVAL" PRUNEVID_REQUIRE_LMMS_EVAL=1 "$EVAL/bin/python" -m pytest -q -rs -p no:cacheprovider \
+    tests/test_lmms_eval.py::test_long_clip_positions_are_the_original_rule_and_5x_shifts_the_text \
+    tests/test_lmms_eval.py::test_long_clip_baseline_against_lmms_eval_sample_by_sample "$@" 2>&1 | tee "$logs/eval457"
+  lmms457=${PIPESTATUS[0]}
+  [ "$lmms457" = 5 ] && [ $# -gt 0 ] && lmms457=0     # the arguments selected none of these tests
+else
+  echo "could not run the lmms-eval tests on transformers 4.57.6 (venv-eval, $TF457, $TF457_EVAL)" | tee "$logs/eval457"
+  lmms457=1
+fi
+
 # A real ComfyUI server (tests/test_comfyui_e2e.py). The source tree is $COMFYUI_DIR or ../shared/comfyui/ComfyUI
 # (kept beside the checkout for the tests: ComfyUI is not on PyPI; it may be read-only, the server writes only into a
 # temporary --base-directory). ComfyUI's Python, .cache/venv-comfyui, is built by tests/comfyui_venv.py: ComfyUI's
@@ -103,5 +123,6 @@ echo
 echo "installed transformers: $(tail -n 1 "$logs/main")"
 echo "transformers 4.57.6:    $(tail -n 1 "$logs/tf457")"
 echo "lmms-eval (venv-eval):  $(tail -n 1 "$logs/eval")"
+echo "lmms-eval on 4.57.6:    $(tail -n 1 "$logs/eval457")"
 echo "ComfyUI (venv-comfyui): $(tail -n 1 "$logs/comfyui")"
-[ "$main" = 0 ] && [ "$tf457" = 0 ] && [ "$lmms" = 0 ] && [ "$comfyui" = 0 ]
+[ "$main" = 0 ] && [ "$tf457" = 0 ] && [ "$lmms" = 0 ] && [ "$lmms457" = 0 ] && [ "$comfyui" = 0 ]

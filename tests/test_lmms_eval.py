@@ -5,13 +5,18 @@ Needs the [eval] extra. tests/run.sh runs this file in its own venv (.cache/venv
 PRUNEVID_REQUIRE_LMMS_EVAL=1, so in CI a missing lmms-eval fails instead of skipping.
 """
 import json
+import math
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import __version__ as transformers_version
 
 if os.environ.get("PRUNEVID_REQUIRE_LMMS_EVAL") == "1":
     import lmms_eval  # noqa: F401  (must be installed: tests/run.sh's eval phase)
@@ -66,15 +71,16 @@ class Run:
 
 @pytest.fixture(scope="session")
 def lmms(eval_env):
-    """lmms(name, model, model_args, tasks, limit=None, launcher=None) -> Run, each command line run once."""
+    """lmms(name, model, model_args, tasks, limit=None, launcher=None, include=TASKS) -> Run, each command line run
+    once."""
     env, base = eval_env
     done = {}
 
-    def run(name, model, model_args, tasks, limit=LIMIT, launcher=None, check=True):
+    def run(name, model, model_args, tasks, limit=LIMIT, launcher=None, check=True, include=TASKS):
         if name not in done:
             out = base / name
             cmd = [*(launcher or [sys.executable]), "-m", "lmms_eval", "--model", model, "--model_args", model_args,
-                   "--tasks", tasks, "--include_path", str(TASKS), "--batch_size", "1", "--output_path", str(out),
+                   "--tasks", tasks, "--include_path", str(include), "--batch_size", "1", "--output_path", str(out),
                    "--log_samples", *(["--limit", str(limit)] if limit else [])]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
             (base / f"{name}.log").write_text(proc.stdout + "\n----- stderr -----\n" + proc.stderr)
@@ -173,17 +179,21 @@ def test_image_documents_are_answered_from_the_picture(lmms):
 
 # ---------------------------------------------------------------- baseline parity with lmms-eval's qwen2_5_vl
 
-def test_baseline_equals_lmms_eval_qwen2_5_vl_sample_by_sample(lmms):
-    """Same frames (qwen_vl_utils), pixels, prompt and bf16 (what qwen2_5_vl loads): the same greedy answers."""
-    ours, ref = baseline_run(lmms), reference_run(lmms)
-    assert sorted(ours.samples["prunevid_local"]) == list(range(8))
-    for doc_id, theirs in ref.samples["prunevid_local"].items():
-        mine = ours.samples["prunevid_local"][doc_id]
+def assert_same_samples(ours, ref, task, n, metric=ACC):
+    """Sample by sample: the same prompt, raw and filtered answers, answer length, and the same score."""
+    assert sorted(ours.samples[task]) == sorted(ref.samples[task]) == list(range(n))
+    for doc_id, theirs in ref.samples[task].items():
+        mine = ours.samples[task][doc_id]
         assert mine["input"] == theirs["input"]
         assert mine.get("resps") == theirs.get("resps") and mine["filtered_resps"] == theirs["filtered_resps"], doc_id
         assert mine["token_counts"][0]["output_tokens"] == theirs["token_counts"][0]["output_tokens"]
-        assert ours.record("prunevid_local", doc_id)["retention"] == 1.0
-    assert ours.results["results"]["prunevid_local"][ACC] == ref.results["results"]["prunevid_local"][ACC]
+        assert ours.record(task, doc_id)["retention"] == 1.0
+    assert ours.results["results"][task][metric] == ref.results["results"][task][metric]
+
+
+def test_baseline_equals_lmms_eval_qwen2_5_vl_sample_by_sample(lmms):
+    """Same frames (qwen_vl_utils), pixels, prompt and bf16 (what qwen2_5_vl loads): the same greedy answers."""
+    assert_same_samples(baseline_run(lmms), reference_run(lmms), "prunevid_local", 8)
 
 
 @pytest.mark.parametrize("video", ["sample:bikes.mp4", "generated:blue_ball_down"])
@@ -211,6 +221,214 @@ def test_the_default_reader_gives_the_pixels_and_times_qwen2_5_vl_gives(video, e
     assert thw == tuple(ref["video_grid_thw"][0].tolist())
     assert (pixels - ref["pixel_values_videos"]).abs().max() <= 1e-5
     assert ref["second_per_grid_ts"][0] == pytest.approx(2 / clip.fps)
+
+
+# ---------------------------------------------------------------- positions after a long clip (docs/evaluation.md)
+#
+# After a video, Qwen2.5-VL's text starts at max(video positions) + 1 (Qwen's code, transformers 4.57, this engine);
+# transformers 5.x starts it at start + max(h, w), ignoring the temporal extent. The two agree on the local task's
+# 3-s clips and differ on the oracle's held-out clips (benchmarks/accuracy: 16 frames of 112x112 at 2 fps, 8 groups
+# of 4x4 tokens, temporal ids up to 14). The oracle checkpoint was trained with the original rule, so its answers
+# depend on the positions (the random tiny model gave the same degenerate answer under both rules). The clips are
+# sampled at exactly 2 fps on purpose: on 4.57 lmms-eval 0.7.3's qwen2_5_vl does not hand the processor the sampled
+# fps and the processor assumes 2 fps; only then does lmms-eval's model time the frames as they were sampled.
+# On 5.x: the positions are pinned (ours = 4.57's get_rope_index, 5.x's shifted by the computed amount) and
+# lmms-eval's model answers worse; on 4.57 (tests/run.sh's "lmms-eval on 4.57.6" phase) the answers are equal.
+
+TF4 = transformers_version.startswith("4.")
+TF457 = Path(__file__).resolve().parents[1] / ".cache" / "tf457"       # tests/run.sh installs 4.57.6 there
+LONG_CLIPS = 8                          # oracle held-out clips, 2 per question type
+LONG_FRAMES = 16                        # all of them: 2 fps
+LONG_PIXELS = "max_pixels=12544,min_pixels=3136"
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family of the long-clip parity cases: lmms-eval's own model and ours, a checkpoint trained with the
+    original position rule that both load, and that rule's temporal id of each group (from the block's start).
+    Qwen2-VL: the group index, `lambda groups, sec, tps: list(range(groups))`, and rope_inputs without seconds."""
+    name: str                               # lmms-eval's own model
+    plugin: str                             # this project's lmms-eval model
+    checkpoint: Callable[[], Path]
+    temporal_ids: Callable[[int, float, float], list]   # (groups, second_per_grid_t, tokens_per_second) -> ids
+    rope_inputs: tuple                      # processor outputs get_rope_index takes besides input_ids
+
+
+def _oracle() -> Path:
+    from benchmarks.accuracy.train import CHECKPOINT
+    return CHECKPOINT
+
+
+FAMILIES = [
+    Family("qwen2_5_vl", "prunevid_qwen2_5_vl", _oracle,
+           lambda groups, sec, tps: [math.floor(g * sec * tps) for g in range(groups)],
+           ("video_grid_thw", "second_per_grid_ts")),
+]
+
+
+@pytest.fixture(scope="session")
+def long_task(eval_env):
+    """A task over the oracle's first held-out clips (written as mp4 at their 2 fps) and their questions, scored by
+    the first letter of the answer: (folder for --include_path, docs)."""
+    import cv2
+
+    from benchmarks.accuracy import data
+    folder = eval_env[1] / "long-task"
+    folder.mkdir()
+    docs = []
+    for i, s in enumerate(data.held_out(LONG_CLIPS)):
+        path = folder / f"{s.qtype}-{i}.mp4"
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), s.fps, s.frames.shape[2:0:-1])
+        for frame in s.frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+        assert len(s.frames) == LONG_FRAMES and s.fps == 2.0
+        docs.append({"video": str(path), "question": s.question, "answer": s.answer})
+    (folder / "oracle_long.json").write_text(json.dumps(docs, indent=1))
+    (folder / "utils.py").write_text(
+        "def doc_to_visual(doc):\n    return [doc['video']]\n\n\n"
+        "def doc_to_text(doc, lmms_eval_specific_kwargs=None):\n    return doc['question']\n\n\n"
+        "def process_results(doc, results):\n    return {'accuracy': float(results[0].strip()[:1] == doc['answer'])}\n")
+    (folder / "oracle_long.yaml").write_text(f"""task: oracle_long
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {folder / "oracle_long.json"}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: !function utils.doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 2
+  temperature: 0
+  top_p: 1.0
+  num_beams: 1
+  do_sample: false
+process_results: !function utils.process_results
+metric_list:
+  - metric: accuracy
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  - version: 0.0
+""")
+    return folder, docs
+
+
+# get_rope_index of the installed transformers, in a process of its own (PYTHONPATH=.cache/tf457: 4.57.6's)
+ROPE_INDEX = """
+import inspect, json, sys, torch, transformers
+from transformers import AutoModelForImageTextToText
+a = json.load(sys.stdin)
+model = AutoModelForImageTextToText.from_pretrained(a["checkpoint"]).model
+accepted = inspect.signature(model.get_rope_index).parameters
+kwargs = {k: torch.tensor(v) for k, v in a["inputs"].items() if k in accepted}
+positions, delta = model.get_rope_index(**kwargs)
+json.dump({"version": transformers.__version__, "positions": positions[:, 0].tolist(), "delta": int(delta[0])},
+          sys.stdout)
+"""
+
+
+def rope_index(checkpoint, inputs: dict, tf457: bool) -> dict:
+    env = dict(os.environ)
+    if tf457:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TF457), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, "-c", ROPE_INDEX], input=json.dumps({"checkpoint": str(checkpoint),
+                          "inputs": inputs}), env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_long_clip_positions_are_the_original_rule_and_5x_shifts_the_text(family, long_task):
+    """Our positions for a long clip's prompt equal 4.57's get_rope_index and the original rule computed here by
+    hand; on 5.x, transformers' own positions (what lmms-eval's qwen2_5_vl feeds there) equal ours up to the end of
+    the video and are behind by exactly (last temporal id + 1) - max(h, w) on every token after it."""
+    from qwen_vl_utils import process_vision_info
+    from transformers import AutoProcessor
+
+    from prunevid.pipeline import PruneVidQwen25VL
+    if not TF4 and not (TF457 / "transformers" / "__init__.py").is_file():
+        pytest.fail(f"transformers 4.57.6 is not in {TF457}: tests/run.sh installs it there")
+    checkpoint = family.checkpoint()
+    video, question = long_task[1][0]["video"], long_task[1][0]["question"]
+    pixels = {"max_pixels": 12544, "min_pixels": 3136}
+    # what lmms-eval's model hands transformers (its chat path, as in the test above)
+    processor = AutoProcessor.from_pretrained(str(checkpoint), **pixels)
+    messages = [{"role": "user", "content": [{"type": "video", "video": video, **pixels, "nframes": LONG_FRAMES},
+                                             {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template([messages], tokenize=False, add_generation_prompt=True)
+    _, videos, _ = process_vision_info([messages], return_video_kwargs=True, return_video_metadata=True)
+    videos, metas = zip(*videos)
+    ref = processor(text=text, videos=list(videos), video_metadata=list(metas), return_tensors="pt")
+    # ours: the plugin's reader and config, the engine's unpruned layout (baseline: nothing merged or dropped)
+    settings = eval_args.parse({"pretrained": str(checkpoint), "preset": "baseline", "dtype": "fp32",
+                                "max_frames": LONG_FRAMES, **pixels})
+    pv = PruneVidQwen25VL(str(checkpoint), config=settings.config, device="cpu", dtype="fp32")
+    enc = engine.encode(pv.model, read_video(video, settings), settings.config)
+    seq = engine.assemble(pv.model, enc, question, engine.DEFAULT_SYSTEM_PROMPT)
+    ours = seq.positions
+    ids = ref["input_ids"][0]
+    assert torch.equal(engine.reference_input_ids(pv.model, enc, question), ids)      # the same prompt
+    (item,) = enc.items
+    t, h, w = item.grid
+    sec, tps = item.second_per_grid_t, pv.model.tokens_per_second
+    assert (t, h, w) == (LONG_FRAMES // 2, 4, 4) and sec == 1.0 and ref["second_per_grid_ts"].tolist() == [1.0]
+
+    # the original rule by hand: text; the video (T from the group times, H and W from row and column); text again
+    # from the video's max + 1
+    s = int((ids == pv.model.token_id("<|video_pad|>")).nonzero()[0])
+    n = t * h * w
+    temporal = family.temporal_ids(t, sec, tps)
+    grid = torch.stack(torch.meshgrid(torch.tensor(temporal), torch.arange(h), torch.arange(w), indexing="ij"))
+    after = s + max(temporal[-1], h - 1, w - 1) + 1
+    expected = torch.cat([torch.arange(s).expand(3, s), grid.reshape(3, n) + s,
+                          torch.arange(after, after + len(ids) - s - n).expand(3, -1)], dim=1)
+    assert torch.equal(ours, expected)
+    assert seq.next_position == after + len(ids) - s - n                  # decoding continues after the prompt
+
+    inputs = {"input_ids": ids[None].tolist(), **{k: ref[k].tolist() for k in family.rope_inputs}}
+    if "mm_token_type_ids" in ref:                                        # 5.x's processor; 4.57 takes none
+        inputs["mm_token_type_ids"] = ref["mm_token_type_ids"].tolist()
+    old = rope_index(checkpoint, inputs, tf457=not TF4)
+    assert old["version"] == "4.57.6"
+    assert torch.equal(ours, torch.tensor(old["positions"])) and seq.next_position == len(ids) + old["delta"]
+    if TF4:
+        return                      # the answers on 4.57: the next test
+    new = rope_index(checkpoint, inputs, tf457=False)
+    assert new["version"] == transformers_version
+    new = torch.tensor(new["positions"])
+    shift = (temporal[-1] + 1) - max(h, w)
+    assert shift == 11                                          # 15 - 4: the text 11 positions earlier on 5.x
+    assert torch.equal(new[:, :s + n], ours[:, :s + n])          # text before and the video itself: the same
+    assert torch.equal(ours[:, s + n:] - new[:, s + n:], torch.full((3, len(ids) - s - n), shift))
+    assert int(new[0, s + n]) == s + max(h, w) < int(new[0, s:s + n].max())   # the question inside the timeline
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_long_clip_baseline_against_lmms_eval_sample_by_sample(family, lmms, long_task):
+    """On 4.57 lmms-eval's own model places the text after the long clips as we do: the same answers, sample by
+    sample. On 5.x it places it 11 positions earlier: the model, trained with the original rule, answers some clips
+    differently and fewer of them right than our baseline."""
+    folder = long_task[0]
+    checkpoint = family.checkpoint()
+    tf = transformers_version.replace(".", "")
+    ours = lmms(f"long-baseline-{family.name}-{tf}", family.plugin,
+                f"pretrained={checkpoint},preset=baseline,dtype=bf16,device=cpu,max_frames={LONG_FRAMES},{LONG_PIXELS}",
+                "oracle_long", limit=None, include=folder)
+    ref = lmms(f"long-{family.name}-{tf}", family.name, f"pretrained={checkpoint},device=cpu,device_map=cpu,"
+               f"max_num_frames={LONG_FRAMES},{LONG_PIXELS}", "oracle_long", limit=None, include=folder)
+    for doc_id in ours.samples["oracle_long"]:
+        assert ours.record("oracle_long", doc_id)["frames"] == LONG_FRAMES
+    if TF4:
+        assert_same_samples(ours, ref, "oracle_long", LONG_CLIPS, metric="accuracy,none")
+    else:
+        mine, theirs = docs_by_id(ours, "oracle_long"), docs_by_id(ref, "oracle_long")
+        assert sorted(mine) == sorted(theirs) == list(range(LONG_CLIPS))
+        assert any(mine[i] != theirs[i] for i in mine)
+        assert ours.results["results"]["oracle_long"]["accuracy,none"] > ref.results["results"]["oracle_long"][
+            "accuracy,none"]
 
 
 # ---------------------------------------------------------------- data parallel
