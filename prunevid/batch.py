@@ -112,7 +112,7 @@ def prefill_batch(encoded: list, questions: list, config: PruneVidConfig, system
     rope = qwen.rotary(qm, h, pos)
     cache = KVCache(qm.num_layers)
     lengths = n.repeat(qm.num_layers, 1)                                    # [layers, B]
-    prune = config.enable_stage2 and config.keep_ratio < 1.0
+    prune = config.prunes_in_llm
     keep_seq = [torch.arange(int(k)) for k in n]
     kept_visual = [torch.arange(s.visual_cols.numel()) for s in seqs]
     scores, t_score = [None] * B, 0.0
@@ -125,8 +125,7 @@ def prefill_batch(encoded: list, questions: list, config: PruneVidConfig, system
                                               qm.mrope_section, h.dtype) if config.score_with_rope else None)
                 scores[b] = stage2.question_attention(layer, h[b, :L], seq.query_start, seq.visual_cols.to(h.device),
                                                       config.attention_aggregation, score_rope).cpu()
-                kept_visual[b] = stage2.select(scores[b], seq.blocks, config.keep_ratio,
-                                               config.selection_granularity)
+                kept_visual[b] = stage2.choose(scores[b], seq.blocks, config, encoded[b].original_tokens)
                 is_visual = torch.zeros(L, dtype=torch.bool)
                 is_visual[seq.visual_cols] = True
                 keep_seq[b] = torch.cat([(~is_visual).nonzero().squeeze(1),

@@ -150,7 +150,7 @@ def encode(qm: QwenModel, visual, config: PruneVidConfig, progress: Progress | N
         t1 = time.perf_counter()
         if config.enable_stage1:
             tokens = stage1.merge_video(feats, config.tau, config.cluster_ratio, config.temporal_segment_ratio,
-                                        config.dpc_knn_k)
+                                        config.dpc_knn_k, config.static_test)
         else:
             tokens = stage1.unmerged(feats)
         t_vision += t1 - t0
@@ -271,7 +271,7 @@ def prefill(encoded: Encoded, question: str, config: PruneVidConfig, system_prom
     pos = seq.positions.to(qm.device)
     rope = qwen.rotary(qm, h, pos)
     cache = KVCache(qm.num_layers)
-    prune = config.enable_stage2 and (config.keep_ratio < 1.0 or keep_visual is not None)
+    prune = config.prunes_in_llm or (config.enable_stage2 and keep_visual is not None)
     keep_seq = torch.arange(h.shape[1])
     kept_visual = torch.arange(seq.visual_cols.numel())
     scores, t_score = None, 0.0
@@ -285,7 +285,7 @@ def prefill(encoded: Encoded, question: str, config: PruneVidConfig, system_prom
                 scores = stage2.question_attention(layer, h[0], seq.query_start, seq.visual_cols.to(h.device),
                                                    config.attention_aggregation, score_rope)
                 scores = scores.cpu()
-                kept_visual = stage2.select(scores, seq.blocks, config.keep_ratio, config.selection_granularity)
+                kept_visual = stage2.choose(scores, seq.blocks, config, encoded.original_tokens)
             else:
                 kept_visual = keep_visual.cpu().sort().values
             is_visual = torch.zeros(h.shape[1], dtype=torch.bool)
