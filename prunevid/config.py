@@ -41,6 +41,7 @@ class PruneVidConfig:
     budget_allocation: str = "size"       # block quotas proportional to block size (paper) or to attention mass
     min_tokens_per_block: int = 0         # every selection block keeps at least this many (paper: 0)
     static_test: str = "mean"             # Stage 1: "min" = static only if every pair of groups is similar > tau
+    coverage: float = 0.0                 # share of Stage 2's count spread evenly over the tokens attention left
     # Stage 3: KV-cache compression of layers 0..M
     enable_cache_compression: bool = True
     # Video input
@@ -75,6 +76,7 @@ class PruneVidConfig:
         check("min_tokens_per_block", _integer(self.min_tokens_per_block) and 0 <= self.min_tokens_per_block <= 1024,
               "an integer in [0, 1024]")
         check("static_test", self.static_test in STATIC_TESTS, f"one of {STATIC_TESTS}")
+        check("coverage", _real(self.coverage) and 0.0 <= self.coverage <= 1.0, "in [0, 1]")
         check("max_frames", isinstance(self.max_frames, int) and 2 <= self.max_frames <= 1024,
               "an integer in [2, 1024]")
         check("video_sampling", self.video_sampling in SAMPLINGS, f"one of {SAMPLINGS}")

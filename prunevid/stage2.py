@@ -151,7 +151,41 @@ def _top_per_block(scores: torch.Tensor, block: torch.Tensor, quota: torch.Tenso
     return order[rank < quota[block[order]]].sort().values
 
 
+def spread(candidates: torch.Tensor, k: int) -> torch.Tensor:
+    """k of the (ascending) candidate indices, evenly spaced over them (round(linspace)): coverage of the video in
+    token order (segments and groups in time, raster order inside)."""
+    if k <= 0 or candidates.numel() == 0:
+        return candidates[:0]
+    k = min(k, candidates.numel())
+    pos = torch.linspace(0, candidates.numel() - 1, k + 2, dtype=torch.float64)[1:-1].round().long() if k < \
+        candidates.numel() else torch.arange(candidates.numel())
+    return candidates[pos.unique()]
+
+
 def choose(scores: torch.Tensor, block: torch.Tensor, config, original_tokens: int) -> torch.Tensor:
+    """Stage 2's selection: indices (ascending) of the merged video tokens kept after layer M; see _choose.
+
+    With coverage c > 0, round(c * K) of the K kept tokens are not chosen by attention: K - round(c * K) are chosen
+    by the rules below, the rest evenly spaced (spread) over the tokens those left, so a budget too small for the
+    question's top tokens still sees the whole scene (the background, both sides of a cut).
+    """
+    c = getattr(config, "coverage", 0.0)
+    keep = _choose(scores, block, config, original_tokens)
+    if not c or keep.numel() >= scores.shape[0]:
+        return keep
+    K = keep.numel()
+    k_cov = round(c * K)
+    if k_cov == 0:
+        return keep
+    top = _choose(scores, block, config, original_tokens, total_override=K - k_cov) if K - k_cov > 0 else keep[:0]
+    rest = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
+    rest[top] = False
+    extra = spread(rest.nonzero().squeeze(1), K - top.numel())
+    return torch.cat([top, extra]).sort().values
+
+
+def _choose(scores: torch.Tensor, block: torch.Tensor, config, original_tokens: int,
+            total_override: int | None = None) -> torch.Tensor:
     """Stage 2's selection: indices (ascending) of the merged video tokens kept after layer M.
 
     scores, block: [N] (the merged tokens Stage 1 left); original_tokens: the unpruned count (before Stage 1).
@@ -164,7 +198,7 @@ def choose(scores: torch.Tensor, block: torch.Tensor, config, original_tokens: i
     every block min(n_b, m) first (the count then stays T with a budget, and grows without one).
     """
     N = scores.shape[0]
-    target = target_tokens(config, original_tokens)
+    target = target_tokens(config, original_tokens) if total_override is None else total_override
     floor = getattr(config, "min_tokens_per_block", 0)
     by_attention = getattr(config, "budget_allocation", "size") == "attention"
     if target is None and not floor and not by_attention:

@@ -210,3 +210,18 @@ def test_lmms_eval_model_args_take_the_budget():
     assert eval_args.parse({"budget_tokens": 64}).config.budget_tokens == 64
     with pytest.raises(ConfigError, match="retention"):
         eval_args.parse({"retention": 1.5})
+
+
+def test_coverage_spreads_part_of_the_count_over_what_attention_left():
+    scores = torch.zeros(128)
+    scores[:16] = torch.linspace(1.0, 0.5, 16)      # attention piles on the first group
+    block = torch.arange(128) // 16
+    cfg = get_stage2_only_config(budget_tokens=8, selection_granularity="global")
+    assert stage2.choose(scores, block, cfg, 128).tolist() == list(range(8))
+    half = stage2.choose(scores, block, cfg.replace(coverage=0.5), 128)
+    assert half.numel() == 8 and half[:4].tolist() == [0, 1, 2, 3]           # the 4 best, then 4 spread out
+    assert (half[4:] >= 16).all() and len(set((half[4:] // 16).tolist())) == 4
+    assert stage2.choose(scores, block, get_paper_config(coverage=0.5), 500).numel() == \
+        stage2.choose(scores, block, get_paper_config(), 500).numel()       # keep_ratio's count, shared
+    with pytest.raises(ConfigError, match="coverage"):
+        PruneVidConfig(coverage=1.5)
