@@ -74,8 +74,9 @@ def resampled(s: data.Sample, frames: int, side: int):
 
 
 class Frontier:
-    def __init__(self, qm, methods, retentions, alternatives=True, M_layer: int = M.PRUNING_LAYER, seed: int = 0):
-        self.qm, self.M = qm, M_layer
+    def __init__(self, qm, methods, retentions, alternatives=True, M_layer: int = M.PRUNING_LAYER, seed: int = 0,
+                 baseline: bool = True):
+        self.qm, self.M, self.baseline = qm, M_layer, baseline
         self.methods, self.retentions, self.alternatives = methods, retentions, alternatives
         self.letters = torch.tensor([qm.tokenizer.encode(L, add_special_tokens=False)[0] for L in data.LETTERS])
         self.gen = torch.Generator().manual_seed(seed)
@@ -100,7 +101,8 @@ class Frontier:
             return encoded[key]
 
         base = C.get_baseline_config(max_frames=data.FRAMES)
-        self._record(("baseline", 1.0), s, engine.prefill(enc(base), s.question, base))
+        if self.baseline:
+            self._record(("baseline", 1.0), s, engine.prefill(enc(base), s.question, base))
         for name in self.methods:
             preset, over = {**TOKEN_METHODS, **VARIANTS}[name]
             for r in self.retentions:

@@ -31,7 +31,11 @@ LABELS = {
     "paper_all_cov25": "paper_all + coverage 0.25",
     "paper_all_cov50": "paper_all + coverage 0.5",
 }
-STYLE = {"paper": ("k", "-", 2.2), "random": ("grey", "--", 1.6), "fewer_frames": ("tab:brown", ":", 1.8),
+STYLE = {"paper": ("k", "-", 2.2), "paper_min_static": ("tab:orange", "-", 1.2),
+         "paper_min1": ("tab:green", "-", 1.2), "paper_attention": ("tab:red", "-", 1.2),
+         "paper_all": ("tab:purple", "-", 2.0), "stage2_block": ("tab:blue", "-", 1.6),
+         "stage2_global": ("tab:cyan", "-", 1.4), "stage2_cov50": ("magenta", "-", 1.8),
+         "random": ("grey", "--", 1.6), "fewer_frames": ("tab:brown", ":", 1.8),
          "smaller_frames": ("tab:olive", ":", 1.8), "fewer_and_smaller": ("tab:pink", ":", 1.4)}
 
 
@@ -58,7 +62,7 @@ def plot(res: dict, path: str, methods=None, title: str = "") -> None:
         y = [100 * r["accuracy"] for r in rows]
         lo = [100 * r["ci"][0] for r in rows]
         hi = [100 * r["ci"][1] for r in rows]
-        c, style, width = STYLE.get(m, (next(colours), "-", 1.4))
+        c, style, width = STYLE[m] if m in STYLE else (next(colours), "-", 1.4)
         ax.plot(x, y, style, color=c, lw=width, marker="o", ms=3.5, label=LABELS.get(m, m))
         ax.fill_between(x, lo, hi, color=c, alpha=0.12, lw=0)
     if "baseline" in ls:
@@ -93,6 +97,36 @@ def table(res: dict, methods=None) -> str:
     return "\n".join(out) + "\n"
 
 
+def compact(res: dict, methods=None) -> str:
+    """Token methods: one row each, one column per target retention, "accuracy (CI) retention, FLOPs" per cell;
+    then the fewer/smaller-frames points, one row each."""
+    ls = lines(res)
+    token = [m for m in (methods or ls) if m in ls and all(not isinstance(r["point"], str) for r in ls[m])
+             and m != "baseline"]
+    targets = sorted({r["point"] for m in token for r in ls[m]})
+    out = ["| method | " + " | ".join(f"target {100 * t:g} %" for t in targets) + " |",
+           "|---|" + "---|" * len(targets)]
+    for m in token:
+        by = {r["point"]: r for r in ls[m]}
+        cells = []
+        for t in targets:
+            r = by.get(t)
+            cells.append("" if r is None else f"**{100 * r['accuracy']:.1f}** ({100 * r['ci'][0]:.0f}-"
+                         f"{100 * r['ci'][1]:.0f}) {100 * r['retention']:.1f} %, {r['flops_7b']:.2f}x")
+        out.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+    alt = [m for m in (methods or ls) if m in ls and any(isinstance(r["point"], str) for r in ls[m])]
+    if alt:
+        out += ["", "| instead of pruning | frames x side | retention | accuracy % (95 % CI) | "
+                "background / cut / mover / flash | FLOPs (7B) |", "|---|---|---|---|---|---|"]
+        for m in alt:
+            for r in ls[m]:
+                bt = " / ".join(f"{100 * r['by_type'][t]:.0f}" for t in ("background", "cut", "mover", "flash"))
+                out.append(f"| {LABELS.get(m, m)} | {r['point']} | {100 * r['retention']:.1f} % | "
+                           f"{100 * r['accuracy']:.1f} ({100 * r['ci'][0]:.1f}-{100 * r['ci'][1]:.1f}) | {bt} | "
+                           f"{r['flops_7b']:.3f}x |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results")
@@ -100,6 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="")
     ap.add_argument("--title", default="")
     ap.add_argument("--table", action="store_true")
+    ap.add_argument("--compact", action="store_true", help="one row per method, one column per target")
     a = ap.parse_args(argv)
     res = json.loads(open(a.results).read())
     methods = [m for m in a.methods.split(",") if m] or None
@@ -107,6 +142,8 @@ def main(argv=None) -> int:
         plot(res, a.out, methods, a.title)
     if a.table:
         print(table(res, methods))
+    if a.compact:
+        print(compact(res, methods))
     return 0
 
 
