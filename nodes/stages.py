@@ -75,7 +75,8 @@ class PruneVidStage2Select:
     )
     DESCRIPTION = ("Builds Qwen2.5-VL's chat prompt (system prompt, video tokens, question) and runs it through "
                    "the LLM. PruneVid Stage 2 scores every video token by the question's attention at layer M and "
-                   "keeps the top keep_ratio of them (per segment block); layers after M see only those.")
+                   "keeps the top keep_ratio of them (per segment block); layers after M see only those. With "
+                   "retention > 0 the count instead follows a budget over both stages.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -94,11 +95,18 @@ class PruneVidStage2Select:
             "attention_aggregation": (["max", "mean"], {"default": _PAPER.attention_aggregation, "tooltip":
                                       "How a video token's score combines the question tokens and heads: max "
                                       "(paper) or mean (ablation)."}),
+        }, "optional": {
+            # appended last: a workflow saved before it has no value for it and gets the default, 0 = keep_ratio
+            "retention": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                          "Token budget: the fraction of the unpruned video tokens kept after Stage 1 and Stage 2 "
+                          "together (e.g. 0.10). Stage 2 keeps what it takes to hit it (all tokens when Stage 1 "
+                          "already left fewer). 0 = use keep_ratio."}),
         }}
 
-    def select(self, tokens, question, system_prompt, enable, keep_ratio, pruning_layer, attention_aggregation):
+    def select(self, tokens, question, system_prompt, enable, keep_ratio, pruning_layer, attention_aggregation,
+               retention=0.0):
         config = PruneVidConfig(enable_stage2=enable, keep_ratio=keep_ratio, pruning_layer=pruning_layer,
-                                attention_aggregation=attention_aggregation)
+                                attention_aggregation=attention_aggregation, retention=retention)
         pf = engine.prefill(tokens, question, config, system_prompt=system_prompt,
                             progress=comfy.progress(tokens.model.num_layers))
         return (pf, visualize.kept_map(pf))

@@ -60,11 +60,13 @@ def resolve_video(arg: str) -> str:
 def _config(a):
     """The preset with the command line's overrides."""
     overrides = {k: v for k, v in (("max_frames", a.max_frames), ("max_pixels", a.max_pixels),
-                                   ("keep_ratio", a.keep_ratio), ("pruning_layer", a.pruning_layer)) if v is not None}
+                                   ("keep_ratio", a.keep_ratio), ("pruning_layer", a.pruning_layer),
+                                   ("retention", a.retention)) if v is not None}
     config = get_preset(a.config or a.preset, verbose=False, **overrides)
-    if not config.enable_stage2 and (a.keep_ratio is not None or a.pruning_layer is not None):
+    if not config.enable_stage2 and (a.keep_ratio is not None or a.pruning_layer is not None
+                                     or a.retention is not None):
         print(f"prunevid: note: preset {a.config or a.preset!r} has Stage 2 off, so --keep-ratio and "
-              "--pruning-layer change nothing", file=sys.stderr)
+              "--pruning-layer change nothing (nor does --retention)", file=sys.stderr)
     return config
 
 
@@ -305,6 +307,8 @@ def add_run_flags(p) -> None:
     p.add_argument("--max-frames", type=int, help="frames sampled from the video (default: the preset's, 16)")
     p.add_argument("--max-pixels", type=int, help="pixels per frame before the 28-px grid (default: preset's)")
     p.add_argument("--keep-ratio", type=float, help="Stage 2: share of video tokens kept (default: preset's)")
+    p.add_argument("--retention", type=float, help="token budget: share of the unpruned video tokens kept after "
+                   "Stages 1 and 2 together, e.g. 0.1 (Stage 2's count follows; replaces --keep-ratio; 0 = off)")
     p.add_argument("--pruning-layer", type=int, help="Stage 2: layer M of the selection (default: preset's)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0, help="with --do-sample (default: %(default)s)")

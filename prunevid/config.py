@@ -14,6 +14,8 @@ from .errors import ConfigError
 AGGREGATIONS = ("max", "mean")
 SAMPLINGS = ("uniform", "fps")
 GRANULARITIES = ("block", "global")  # block = official code (per segment / per group); global = one top-k
+ALLOCATIONS = ("size", "attention")   # how a token budget is shared across selection blocks
+STATIC_TESTS = ("mean", "min")        # Stage 1: mean pairwise similarity > tau (paper) or every pair > tau
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,15 @@ class PruneVidConfig:
     attention_aggregation: str = "max"    # over query tokens and heads: max (paper) or mean (ablation)
     selection_granularity: str = "block"  # block: floor(alpha*n) per static segment block / dynamic group block
     score_with_rope: bool = False         # authors' code scores with q, k before RoPE and no causal mask
+    # Token budget (docs/method.md, "The token budget"): 0 = off, keep_ratio decides. Either one sets the number of
+    # video tokens kept after all stages; Stage 2's keep ratio per request then follows from what Stage 1 left.
+    retention: float = 0.0                # fraction of the unpruned video tokens kept after all stages
+    budget_tokens: int = 0                # or a token count
+    # Variants (defaults = the paper's rules); see docs/accuracy.md, "The frontier"
+    budget_allocation: str = "size"       # block quotas proportional to block size (paper) or to attention mass
+    min_tokens_per_block: int = 0         # every selection block keeps at least this many (paper: 0)
+    static_test: str = "mean"             # Stage 1: "min" = static only if every pair of groups is similar > tau
+    coverage: float = 0.0                 # share of Stage 2's count spread evenly over the tokens attention left
     # Stage 3: KV-cache compression of layers 0..M
     enable_cache_compression: bool = True
     # Video input
@@ -57,6 +68,15 @@ class PruneVidConfig:
               "an integer >= 0 (and below the model's layer count)")
         check("attention_aggregation", self.attention_aggregation in AGGREGATIONS, f"one of {AGGREGATIONS}")
         check("selection_granularity", self.selection_granularity in GRANULARITIES, f"one of {GRANULARITIES}")
+        check("retention", _real(self.retention) and 0.0 <= self.retention <= 1.0, "in [0, 1] (0 = off)")
+        check("budget_tokens", _integer(self.budget_tokens) and self.budget_tokens >= 0, "an integer >= 0 (0 = off)")
+        if self.retention and self.budget_tokens:
+            raise ConfigError("set retention or budget_tokens, not both")
+        check("budget_allocation", self.budget_allocation in ALLOCATIONS, f"one of {ALLOCATIONS}")
+        check("min_tokens_per_block", _integer(self.min_tokens_per_block) and 0 <= self.min_tokens_per_block <= 1024,
+              "an integer in [0, 1024]")
+        check("static_test", self.static_test in STATIC_TESTS, f"one of {STATIC_TESTS}")
+        check("coverage", _real(self.coverage) and 0.0 <= self.coverage <= 1.0, "in [0, 1]")
         check("max_frames", isinstance(self.max_frames, int) and 2 <= self.max_frames <= 1024,
               "an integer in [2, 1024]")
         check("video_sampling", self.video_sampling in SAMPLINGS, f"one of {SAMPLINGS}")
@@ -77,9 +97,22 @@ class PruneVidConfig:
         return dataclasses.asdict(self)
 
     @property
+    def has_budget(self) -> bool:
+        """A token budget (retention or budget_tokens) decides Stage 2's count instead of keep_ratio."""
+        return bool(self.retention or self.budget_tokens)
+
+    @property
     def prunes_in_llm(self) -> bool:
-        """Stage 2 changes the token count inside the LLM (keep_ratio 1.0 keeps everything)."""
-        return self.enable_stage2 and self.keep_ratio < 1.0
+        """Stage 2 may change the token count inside the LLM (keep_ratio 1.0 without a budget keeps everything)."""
+        return self.enable_stage2 and (self.keep_ratio < 1.0 or self.has_budget)
+
+
+def _real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 # Presets. The seed's names run against intuition: "conservative" compresses MORE, "aggressive" LESS.

@@ -152,7 +152,7 @@ def encode(qm: VideoLLM, visual, config: PruneVidConfig, progress: Progress | No
         t1 = time.perf_counter()
         if config.enable_stage1:
             tokens = stage1.merge_video(feats, config.tau, config.cluster_ratio, config.temporal_segment_ratio,
-                                        config.dpc_knn_k)
+                                        config.dpc_knn_k, config.static_test)
         else:
             tokens = stage1.unmerged(feats)
         t_vision += t1 - t0
@@ -284,7 +284,8 @@ def _select(qm: VideoLLM, layer, hidden: torch.Tensor, positions: torch.Tensor, 
     q, k = qm.attention_qk(layer, hidden, seq.query_start, rope)
     scores = stage2.question_attention(q, k, seq.visual_cols.to(hidden.device), config.attention_aggregation,
                                        causal=rope is not None).cpu()
-    return stage2.select(scores, seq.blocks, config.keep_ratio, config.selection_granularity), scores
+    original = seq.unpruned_length - seq.text_ids.numel()             # the row's unpruned visual tokens
+    return stage2.choose(scores, seq.blocks, config, original), scores
 
 
 def _take(r: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -313,7 +314,7 @@ def run_layers(qm: VideoLLM, seqs: list, config: PruneVidConfig, keep_visual: li
     rope = qm.rotary(h, pos)
     cache = KVCache(qm.num_layers)
     lengths = n.repeat(qm.num_layers, 1)                                     # [layers, B]
-    prune = config.enable_stage2 and (config.keep_ratio < 1.0 or keep_visual is not None)
+    prune = config.prunes_in_llm or (config.enable_stage2 and keep_visual is not None)
     keep_seq = [torch.arange(int(k)) for k in n]
     kept_visual = [torch.arange(s.visual_cols.numel()) for s in seqs]
     scores, t_score = [None] * B, 0.0

@@ -113,17 +113,22 @@ def _runs(labels: list) -> list[list]:
     return runs
 
 
-def static_mask(groups: torch.Tensor, tau: float) -> torch.Tensor:
+def static_mask(groups: torch.Tensor, tau: float, test: str = "mean") -> torch.Tensor:
     """Locations whose features stay put across a segment.
 
     groups: [g, n, C] merged vision tokens of one segment (g temporal groups, n locations).
-    Returns a bool [n] mask: mean cosine similarity over ordered pairs of distinct groups > tau.
+    Returns a bool [n] mask: mean cosine similarity over ordered pairs of distinct groups > tau (test "mean", the
+    paper's), or the smallest pairwise similarity > tau (test "min": a change in one group cannot hide in the mean).
     A segment of one group has no static location.
     """
     g = groups.shape[0]
     if g < 2:
         return torch.zeros(groups.shape[1], dtype=torch.bool, device=groups.device)
     u = F.normalize(groups.float(), dim=-1)
+    if test == "min":
+        sim = torch.einsum("inc,jnc->nij", u, u)                          # [n, g, g]
+        sim = sim + 2 * torch.eye(g, device=u.device)                     # the diagonal never is the minimum
+        return sim.flatten(1).amin(1) > tau
     # sum over i != j of <u_i, u_j> = |sum_i u_i|^2 - sum_i |u_i|^2, without a [n, g, g] tensor
     pair_sum = u.sum(0).pow(2).sum(-1) - u.pow(2).sum(-1).sum(0)
     return pair_sum / (g * (g - 1)) > tau
@@ -144,10 +149,11 @@ def _cluster(x: torch.Tensor, ratio: float, k: int):
 
 
 def merge_video(feats: torch.Tensor, tau: float, cluster_ratio: float, temporal_segment_ratio: float,
-                k: int) -> MergedTokens:
+                k: int, static_test: str = "mean") -> MergedTokens:
     """Run Stage 1 on one video (or one image: G = 1 gets only the spatial merge).
 
     feats: [G, n, D] vision-tower output, G temporal groups of n = h * w tokens in raster order.
+    static_test: "mean" (paper) or "min", see static_mask.
     """
     G, n, D = feats.shape
     dev = feats.device
@@ -171,7 +177,7 @@ def merge_video(feats: torch.Tensor, tau: float, cluster_ratio: float, temporal_
     for s, e in segments:
         seg = feats[s:e]                                                   # [g, n, D]
         g = e - s
-        mask = static_mask(seg, tau)
+        mask = static_mask(seg, tau, static_test)
         static_loc = mask.nonzero().squeeze(1)
         dynamic_loc = (~mask).nonzero().squeeze(1)
         group_ids = torch.arange(s, e, device=dev)

@@ -73,6 +73,7 @@ def videos_stats(encoded, kept_visual=None) -> list:
 def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, kv_bytes: int) -> dict:
     """The stats dictionary of one prefill (Stage 3 fills in its part when it runs); kv_bytes: what its cache
     holds."""
+    from . import stage2
     n0, n1, n2 = encoded.original_tokens, encoded.merged_tokens, int(kept_visual.numel())
     L0, L1, L2 = seq.unpruned_length, seq.embeds.shape[0], int(keep_seq.numel())
     text = L0 - n0
@@ -89,7 +90,12 @@ def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, kv_bytes: int
         # than keep_ratio when blocks are small)
         "stage2": {"enabled": M >= 0, "original_tokens": n1, "compressed_tokens": n2,
                    "keep_ratio": config.keep_ratio if M >= 0 else None, "kept_fraction": n2 / max(1, n1),
-                   "pruning_layer": config.pruning_layer if M >= 0 else None},
+                   "pruning_layer": config.pruning_layer if M >= 0 else None,
+                   # a token budget (retention / budget_tokens): its target, and whether Stage 1 alone already met
+                   # it (Stage 2 then keeps every token and is reported as not pruning)
+                   "target_tokens": stage2.target_tokens(config, n0) if config.enable_stage2 else None,
+                   "stage1_met_target": (config.enable_stage2 and config.has_budget
+                                         and n1 <= stage2.target_tokens(config, n0))},
         # kv_bytes_unpruned: what the unpruned prompt would cache (all layers, every token), for the real ratio
         "stage3": {"enabled": False, "kv_bytes_before": kv_bytes, "kv_bytes_after": kv_bytes,
                    "reduction_ratio": 0.0, "kv_bytes_unpruned": L0 * layers * 2 * d_kv * qm.dtype.itemsize},
@@ -156,7 +162,8 @@ def format_stats(stats: dict) -> str:
         f"Stage 2: {s2['original_tokens']} -> {s2['compressed_tokens']} video tokens after layer {s2['pruning_layer']}"
         + (f" (kept {100 * s2['kept_fraction']:.1f}% at keep_ratio {s2['keep_ratio']:g})" if "kept_fraction" in s2
            else "")
-        if s2["enabled"] else "Stage 2: off",
+        if s2["enabled"] else ("Stage 2: kept every token (Stage 1 already met the token budget of "
+                               f"{s2['target_tokens']})" if s2.get("stage1_met_target") else "Stage 2: off"),
     ]
     videos = stats.get("videos") or []
     if len(videos) > 1 and all("tokens" in v for v in videos):

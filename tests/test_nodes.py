@@ -442,6 +442,22 @@ def test_stage2_keeps_about_keep_ratio_and_kept_map(env, prefill, tokens):
     assert float(kept_map.mean()) < float(env.lib("visualize").as_image(tokens[0].items[0].frames).mean())
 
 
+def test_stage2_retention_widget_is_last_and_zero_means_keep_ratio(env, tokens, prefill):
+    """retention is appended after every older widget (saved workflows keep their widget order) and its default 0
+    leaves keep_ratio in charge; set, the kept count is the budget's target over both stages."""
+    spec = env.pack.NODE_CLASS_MAPPINGS["PruneVidStage2Select"].INPUT_TYPES()
+    assert list(spec["optional"]) == ["retention"] and spec["optional"]["retention"][1]["default"] == 0.0
+    args = dict(tokens=tokens[0], question="What is the rabbit doing?", system_prompt="You are a helpful assistant.",
+                enable=True, keep_ratio=0.4, pruning_layer=10, attention_aggregation="max")
+    old = prefill[1]
+    zero = call(env, "PruneVidStage2Select", **args, retention=0.0)[0]
+    assert torch.equal(zero.kept_visual, old.kept_visual)
+    budget = call(env, "PruneVidStage2Select", **args, retention=0.05)[0]
+    target = max(1, round(0.05 * tokens[0].original_tokens))
+    assert budget.kept_visual.numel() == target != old.kept_visual.numel()
+    assert budget.stats["stage2"]["target_tokens"] == target
+
+
 def test_kv_compress_returns_new_prefill_and_leaves_input(env, prefill):
     compressed, pf, _ = prefill
     assert compressed is not pf and not pf.compressed and compressed.compressed
@@ -714,6 +730,7 @@ def test_empty_question(env, tokens):
     ("PruneVidStage2Select", {"keep_ratio": 1.5}, "keep_ratio"),
     ("PruneVidStage2Select", {"pruning_layer": 28}, "pruning_layer"),
     ("PruneVidStage2Select", {"attention_aggregation": "median"}, "attention_aggregation"),
+    ("PruneVidStage2Select", {"retention": 1.5}, "retention"),
     ("PruneVidGenerate", {"top_p": 0.0}, "top_p"),
     ("PruneVidGenerate", {"max_new_tokens": 0}, "max_new_tokens"),
     ("PruneVidLoadVideo", {"max_frames": 1}, "max_frames"),

@@ -254,7 +254,7 @@ def preset_graph(defs, cfg, model_name: str | None = None, with_core_loadvideo: 
     g.add(4, "PruneVidStage2Select", (840, 0), (380, 380), {
         "question": QUESTION, "system_prompt": defs["PruneVidStage2Select"]["input"]["required"]["system_prompt"][1]
         ["default"], "enable": cfg.enable_stage2, "keep_ratio": cfg.keep_ratio, "pruning_layer": cfg.pruning_layer,
-        "attention_aggregation": cfg.attention_aggregation}, "Stage 2: select (question)")
+        "attention_aggregation": cfg.attention_aggregation, "retention": cfg.retention}, "Stage 2: select (question)")
     g.add(5, "PruneVidKVCompress", (1270, 0), (300, 80), {"enable": cfg.enable_cache_compression},
           "Stage 3: KV compress")
     g.add(6, "PruneVidGenerate", (1270, 130), (300, 230), {

@@ -1,9 +1,9 @@
 """The oracle model: a small Qwen2.5-VL built by prunevid.testing, and a batched forward that feeds it exactly what
 the engine feeds it at inference.
 
-Same prompt (engine.chat_pieces, each piece tokenized on its own as engine.assemble does), same frame -> patch path
-(video.to_patches with the checkpoint's mean/std), same original Qwen2.5-VL 3-D positions (positions.layout, given
-explicitly), the transformers modules themselves (vision tower, embeddings, rotary, decoder layers, norm, lm_head).
+Same prompt (the family's chat_pieces, each piece tokenized on its own as engine.assemble does), same frame -> patch
+path (the family's patches, with the checkpoint's mean/std), same original Qwen2.5-VL 3-D positions (the family's
+positions, given explicitly), the transformers modules themselves (vision tower, embeddings, rotary, decoder layers, norm, lm_head).
 The batch is right-padded: attention is causal, so padding after a sample's last token never reaches it.
 """
 from __future__ import annotations
@@ -65,9 +65,10 @@ class Prompter:
             self._suffix[question] = self.qm.tokenizer.encode(suf, add_special_tokens=False)
         return self._suffix[question]
 
-    def layout(self, n_suffix: int) -> torch.Tensor:
-        sec = self.qm.seconds_per_group(data.FPS)       # as engine.encode
-        pos, _ = self.qm.positions([("text", len(self.prefix)), ("vision", self.grid, sec), ("text", n_suffix)])
+    def layout(self, n_suffix: int, grid=None, fps: float = data.FPS) -> torch.Tensor:
+        sec = self.qm.seconds_per_group(fps)            # as engine.encode
+        pos, _ = self.qm.positions([("text", len(self.prefix)), ("vision", grid or self.grid, sec),
+                                    ("text", n_suffix)])
         return pos
 
 
@@ -81,7 +82,8 @@ def pixels(qm, frames_list) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(out), torch.tensor(thw)
 
 
-def forward(qm: VideoLLM, pr: Prompter, items, drop_video_after: int | None = None) -> torch.Tensor:
+def forward(qm: VideoLLM, pr: Prompter, items, drop_video_after: int | None = None,
+            fps: float = data.FPS) -> torch.Tensor:
     """Logits of every question of every clip, [Q, 2, vocab]: at the prompt's last token (the answer) and at the
     answer token (which should predict <|im_end|>); [Q, 1, vocab] when no answers are given.
 
@@ -89,15 +91,20 @@ def forward(qm: VideoLLM, pr: Prompter, items, drop_video_after: int | None = No
     share its prompt prefix and video in one packed row: question k sees the prefix, the video and its own tokens
     only, at the positions it would have alone, so each question's logits are exactly those of its own prompt
     (an attention mask does the separation). drop_video_after=M removes every video token after layer M (the "no
-    video after M" control, for validation curves).
+    video after M" control, for validation curves). Every clip of one call has the same frame count and size (the
+    default 16 x 112 x 112 or another one, for the varied-input checkpoint) and frame rate `fps`.
     """
     m, lm = qm.model, qm.language_model
     B = len(items)
     pix, thw = pixels(qm, [frames for frames, _ in items])
+    if not bool((thw == thw[0]).all()):
+        raise ValueError("every clip of one forward must have the same frame count and size")
+    grid = (int(thw[0, 0]), int(thw[0, 1]) // 2, int(thw[0, 2]) // 2)      # LLM tokens after the 2x2 merge
+    n_video = grid[0] * grid[1] * grid[2]
     vis = m.model.visual(pix, grid_thw=thw)
-    vis = (vis if isinstance(vis, torch.Tensor) else vis.pooler_output).view(B, pr.n_video, -1)
+    vis = (vis if isinstance(vis, torch.Tensor) else vis.pooler_output).view(B, n_video, -1)
     n_pre = len(pr.prefix)
-    start = n_pre + pr.n_video
+    start = n_pre + n_video
     with_answer = items[0][1][0][1] is not None
     if any((a is not None) != with_answer for _, qs in items for _, a in qs):
         raise ValueError("give an answer for every question or for none")
@@ -105,7 +112,7 @@ def forward(qm: VideoLLM, pr: Prompter, items, drop_video_after: int | None = No
                 for _, qs in items]
     width = max(sum(len(x) for x in r) for r in suffixes)
     L = start + width
-    alone = pr.layout(width)                       # positions of one question right after the video
+    alone = pr.layout(width, grid, fps)            # positions of one question right after the video
     ids = torch.full((B, width), pr.pad, dtype=torch.long)
     mask = torch.zeros(B, L, L, dtype=torch.bool)
     mask[:, :start, :start] = torch.ones(start, start, dtype=torch.bool).tril()
@@ -135,7 +142,7 @@ def forward(qm: VideoLLM, pr: Prompter, items, drop_video_after: int | None = No
     b_idx = torch.tensor([g[0] for g in gather])
     last = torch.tensor([g[1] for g in gather])
     if keep is not None:
-        last = last - pr.n_video
+        last = last - n_video
     idx = torch.stack([last, last + 1], 1) if with_answer else last[:, None]
     return m.lm_head(lm.norm(h[b_idx[:, None], idx]))
 

@@ -60,6 +60,32 @@ def batch_at(step: int, batch: int, steps: int, curriculum=None) -> list:
     return items
 
 
+# --varied: the clip shapes a user gets with fewer frames (max_frames) or smaller ones (max_pixels), one per step
+VARIED_FRAMES, VARIED_SIDES = (16, 8, 4, 2), (112, 84, 56, 28)
+
+
+def shape_at(step: int, seed: int = 0) -> tuple:
+    """(frames, side) of one step's clips under --varied: 16 x 112 a quarter of the steps, otherwise one of the
+    15 other combinations, uniformly (seeded by the step)."""
+    rng = random.Random(seed * 1_000_003 + step)
+    if rng.random() < 0.25:
+        return 16, 112
+    others = [(f, s) for f in VARIED_FRAMES for s in VARIED_SIDES if (f, s) != (16, 112)]
+    return others[rng.randrange(len(others))]
+
+
+def resample(items: list, frames: int, side: int) -> tuple:
+    """Items with their clips read as max_frames=frames, max_pixels=side*side would (the reader's rules), and the
+    resulting frame rate."""
+    from prunevid.video import clip_from_frames
+    out, fps = [], data.FPS
+    for f, qs in items:
+        c = clip_from_frames(f, data.FPS, max_frames=frames, max_pixels=side * side, min_pixels=28 * 28)
+        out.append((c.frames.numpy(), qs))
+        fps = c.fps
+    return out, fps
+
+
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -113,6 +139,8 @@ def main(argv=None) -> int:
     ap.add_argument("--val-n", type=int, default=64, help="validation scenes")
     ap.add_argument("--pruning-layer", default=str(M.PRUNING_LAYER),
                     help="M of the validation control (comma-separated: several)")
+    ap.add_argument("--varied", action="store_true",
+                    help="train on varied frame counts and sizes (shape_at), not only 16 frames of 112x112")
     ap.add_argument("--init", default="", help="start from this checkpoint's weights (probes)")
     ap.add_argument("--curriculum", default="", help="JSON list of [fraction, types, mode] (probes)")
     ap.add_argument("--sizes", default="", help="JSON overrides of model.SIZES (probes)")
@@ -154,7 +182,10 @@ def main(argv=None) -> int:
             items = batch_at(step, args.batch, args.steps, curriculum)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-            logits = M.forward(qm, pr, items)
+            fps = data.FPS
+            if args.varied:
+                items, fps = resample(items, *shape_at(step, args.seed))
+            logits = M.forward(qm, pr, items, fps=fps)
             answers = [pr.letter_ids[data.LETTERS.index(a)] for _, qs in items for _, a in qs]
             target = torch.stack([torch.stack(answers), torch.full((len(answers),), pr.im_end)], 1)
             losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
