@@ -86,7 +86,8 @@ def test_every_request_of_a_batch_equals_its_batch_of_one_run(qm, encodings, pre
 def test_each_row_stops_at_its_own_end_token(qm, encodings):
     cfg = get_paper_config()
     encoded = encodings(cfg)
-    p = [engine.SamplingParams(max_new_tokens=8) for _ in encoded]
+    # sampled, one seed per row: a random tiny model decoding greedily may repeat one token forever (Qwen2-VL's does)
+    p = [engine.SamplingParams(max_new_tokens=8, do_sample=True, seed=b) for b in range(len(encoded))]
     free_run = batched(encoded, cfg, p)[1]
     ids = free_run[1]["ids"]
     k = next(k for k in range(1, len(ids)) if ids[k] not in ids[:k])
