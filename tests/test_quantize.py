@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from prunevid import engine, loader, quantize, stage3
+from prunevid import engine, loader, quantize, stage3, stats
 from prunevid.config import PRESETS, get_preset
 from prunevid.errors import ConfigError, ModelError
 
@@ -136,7 +136,11 @@ def test_cli_ask_with_4bit_prints_the_weight_size(tiny_model_dir, capsys):
                      "--quantization", "4bit", "--stats", "--max-new-tokens", "3", "--max-frames", "8"])
     err = capsys.readouterr().err
     assert code == 0
-    assert "Weights: 1.56 MiB (4bit) on cpu" in err and "Stage 2:" in err
+    qm = loader.load(str(tiny_model_dir), dtype="auto", device="cpu", quantization="4bit")   # what the CLI loaded
+    shown = stats.format_weights(stats.weights(qm))
+    loader.free(qm)
+    assert shown.startswith("Weights: 1.") and shown.endswith(" MiB (4bit) on cpu")     # 1.56 (Qwen2.5-VL), 1.5x
+    assert shown in err and "Stage 2:" in err
 
 
 def test_cli_rejects_a_bad_max_memory_before_reading_the_video(capsys):
