@@ -21,7 +21,7 @@ def tiny_model_dir():
     return tiny_model_path()
 
 
-FAMILIES = ("qwen2_5_vl", "qwen2_vl")          # every supported family (prunevid.families.FAMILIES)
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")   # every supported family (prunevid.families.FAMILIES)
 
 
 @pytest.fixture(scope="session", params=FAMILIES)
@@ -35,6 +35,13 @@ def family_model_dir(request):
 def family_qm(family_model_dir):
     from prunevid import loader
     return loader.load(str(family_model_dir), dtype="fp32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def family_clip(family_qm, sample_video):
+    """`clip` on the family's pixel grid (28 px per token; 32 on Qwen3-VL): the same frames as `clip` on 28."""
+    from prunevid.video import load_video
+    return load_video(sample_video, max_frames=8, max_pixels=224 * 224, factor=family_qm.token_factor())
 
 
 @pytest.fixture(scope="session")

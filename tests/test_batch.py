@@ -21,10 +21,16 @@ def qm(family_qm):
 
 
 @pytest.fixture(scope="module")
-def visuals(clip):
+def clip(family_clip):
+    return family_clip
+
+
+@pytest.fixture(scope="module")
+def visuals(qm, clip):
     """Four prompts of different videos and lengths, the last with two videos in one prompt."""
-    carphone = load_video(sample_video_path("carphone_pristine.mp4"), max_frames=4, max_pixels=224 * 224)
-    bikes = load_video(sample_video_path("bikes.mp4"), max_frames=6, max_pixels=168 * 168)
+    f = qm.token_factor()
+    carphone = load_video(sample_video_path("carphone_pristine.mp4"), max_frames=4, max_pixels=224 * 224, factor=f)
+    bikes = load_video(sample_video_path("bikes.mp4"), max_frames=6, max_pixels=168 * 168, factor=f)
     return [clip, carphone, bikes, [carphone, bikes]]
 
 

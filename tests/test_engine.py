@@ -23,6 +23,11 @@ def qm(family_qm):
     return family_qm
 
 
+@pytest.fixture(scope="module")
+def clip(family_clip):
+    return family_clip
+
+
 def transformers_inputs(qm, encoded, clip):
     ids = engine.reference_input_ids(qm, encoded, Q)
     pixels, thw = qm.patches(clip.frames)
@@ -30,12 +35,18 @@ def transformers_inputs(qm, encoded, clip):
 
 
 def our_layout(qm, encoded, ids):
-    """The unpruned positions from our rule, for the same ids (one video)."""
+    """The unpruned positions from our rule, for the same ids (one video): each run of video pads is one of the
+    video's vision blocks (all its groups; on Qwen3-VL one group each), in order."""
     it = encoded.items[0]
-    video = (ids == qm.token_id(qm.pad_token("video"))).nonzero().squeeze(1)
-    first, n = int(video[0]), video.numel()
-    return qm.positions([("text", first), ("vision", it.grid, it.second_per_grid_t),
-                         ("text", ids.numel() - first - n)])
+    pad = ids == qm.token_id(qm.pad_token("video"))
+    runs = torch.diff(pad.long(), prepend=torch.tensor([0]), append=torch.tensor([0]))
+    starts, ends = (runs == 1).nonzero().squeeze(1).tolist(), (runs == -1).nonzero().squeeze(1).tolist()
+    groups = it.grid[0] // len(starts)
+    pieces, cursor = [], 0
+    for s, e in zip(starts, ends):
+        pieces += [("text", s - cursor), ("vision", (groups, *it.grid[1:]), it.second_per_grid_t)]
+        cursor = e
+    return qm.positions(pieces + [("text", ids.numel() - cursor)])
 
 
 def timing_kwargs(qm, encoded, rope_index) -> dict:
@@ -103,6 +114,10 @@ def test_merged_and_kept_tokens_carry_their_representatives_unpruned_positions(q
     n_pre = int(video[0])
     assert torch.equal(seq.positions[:, :n_pre], full[:, :n_pre])
     assert torch.equal(seq.positions[:, seq.query_start - 1 + 1:], full[:, int(video[-1]) + 1:])
+    # every text token (timestamps and per-group wrappers included) keeps its unpruned position
+    text = torch.ones(seq.embeds.shape[0], dtype=torch.bool)
+    text[seq.visual_cols] = False
+    assert torch.equal(seq.positions[:, text], full[:, ids != qm.token_id(qm.pad_token("video"))])
     assert seq.next_position == int(full.max()) + 1 == ids.numel() + delta
     pf = engine.prefill(paper, Q, cfg)
     kept_seq_positions = seq.positions[:, pf.keep_seq]
@@ -130,6 +145,7 @@ def uncached_reference_logits(qm, encoded, question, cfg, pf, new_ids, compresse
         allowed[L:, :L] &= ~dropped
     keep = torch.cat([pf.keep_seq, torch.arange(L, L + G)])
     M = pf.pruning_layer
+    visual = [(seq.visual_cols, torch.arange(seq.visual_cols.numel()))]
     with torch.no_grad():
         rope = qm.rotary(h, pos)
         for i, layer in enumerate(qm.layers):
@@ -139,6 +155,8 @@ def uncached_reference_logits(qm, encoded, question, cfg, pf, new_ids, compresse
             if i == M:
                 h, rope = h[:, keep], tuple(r[..., keep, :] for r in rope)
                 allowed = allowed[keep][:, keep]
+                visual = [(torch.searchsorted(keep, seq.visual_cols[pf.kept_visual]), pf.kept_visual)]
+            h = qm.after_layer(i, h, [seq], visual)       # what the family adds after a layer (DeepStack)
         return qm.model.lm_head(qm.language_model.norm(h))[0, -G - 1:]   # last prompt token + each fed token
 
 
@@ -193,7 +211,8 @@ def test_stage2_scores_the_input_of_layer_m(qm, paper, with_rope):
     seq = engine.assemble(qm, paper, Q, engine.DEFAULT_SYSTEM_PROMPT)
     with torch.no_grad():
         hidden = qm.language_model(inputs_embeds=seq.embeds[None], position_ids=seq.positions[:, None],
-                                   output_hidden_states=True, use_cache=False).hidden_states
+                                   output_hidden_states=True, use_cache=False,
+                                   **qm.language_model_inputs(seq)).hidden_states
         rope = qm.score_rope(seq.positions, torch.float32) if with_rope else None
         ref = {m: full_reference(qm.layers[m], hidden[m][0], seq.query_start, seq.visual_cols, "max", rope)
                for m in (M - 1, M, M + 1)}
@@ -239,7 +258,8 @@ def test_no_deprecated_transformers_calls(qm, paper):
 
 def test_token_budget_is_counted_without_the_model(qm, clip, paper):
     assert engine.visual_token_count(clip, type(qm)) == paper.original_tokens
-    images = [clip.frames[0].numpy(), clip.frames[1, :56, :84]]          # numpy and torch, two sizes
+    f = qm.token_factor()                                                # 28 px per token, 32 on Qwen3-VL
+    images = [clip.frames[0].numpy(), clip.frames[1, :2 * f, :3 * f]]    # numpy and torch, two sizes
     encoded = engine.encode(qm, iter(images), get_paper_config())         # any iterable, counted once
     assert engine.visual_token_count(images, type(qm)) == encoded.original_tokens
     with pytest.raises(BudgetError):

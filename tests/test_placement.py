@@ -27,6 +27,11 @@ def qm(family_qm):
     return family_qm
 
 
+@pytest.fixture(scope="module")
+def clip(family_clip):
+    return family_clip
+
+
 def device_map(num_layers: int) -> dict:
     dm = {name: "cpu" for name in ("model.visual", "model.language_model.embed_tokens", "model.language_model.norm",
                                     "model.language_model.rotary_emb", "lm_head")}
@@ -74,7 +79,8 @@ def test_an_offloaded_model_batches_as_the_plain_model(qm, offloaded, clip, pres
     scores every row with layer M's own projections): every row equals the plain model's batch."""
     from prunevid.video import load_video, sample_video_path
     cfg = get_preset(preset)
-    bikes = load_video(sample_video_path("bikes.mp4"), max_frames=6, max_pixels=168 * 168)
+    bikes = load_video(sample_video_path("bikes.mp4"), max_frames=6, max_pixels=168 * 168,
+                       factor=qm.token_factor())
     questions = [Q, "Which way do the bikes go?"]
 
     def run_batch(model):

@@ -35,6 +35,11 @@ def qm(family_qm):
     return family_qm
 
 
+@pytest.fixture(scope="module")
+def clip(family_clip):
+    return family_clip
+
+
 def run(qm, clip, preset: str) -> tuple:
     cfg = get_preset(preset)
     pf = engine.prefill(engine.encode(qm, clip, cfg), Q, cfg)
