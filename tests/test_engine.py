@@ -79,6 +79,26 @@ def test_all_stages_off_logits_equal_transformers_forward(qm, clip, baseline):
     assert (pf.logits - ref[-1]).abs().max() <= 1e-4
 
 
+def test_extra_streams_reach_the_visual_tokens(qm, clip, baseline):
+    """Where the tower returns per-token streams (Qwen3-VL's DeepStack levels), the equality above depends on them:
+    leaving them out, or shifting them by one token (each level added to its neighbour's hidden state), moves the
+    logits away from transformers' forward."""
+    tokens = baseline.items[0].tokens
+    if not tokens.extras:
+        pytest.skip(f"{qm.display_name}'s vision tower returns no extra streams")
+    ids, pixels, thw = transformers_inputs(qm, baseline, clip)
+    pos, _ = our_layout(qm, baseline, ids)
+    with torch.no_grad():
+        ref = qm.model(input_ids=ids[None], pixel_values_videos=pixels, video_grid_thw=thw,
+                       position_ids=pos[:, None, :]).logits[0, -1]
+    aligned = engine.prefill(baseline, Q, get_baseline_config()).logits
+    assert (aligned - ref).abs().max() <= 1e-4
+    for extras in ([], [e.roll(1, dims=0) for e in tokens.extras]):
+        item = dataclasses.replace(baseline.items[0], tokens=dataclasses.replace(tokens, extras=extras))
+        pf = engine.prefill(dataclasses.replace(baseline, items=[item]), Q, get_baseline_config())
+        assert (pf.logits - ref).abs().max() > 100 * (aligned - ref).abs().max() + 1e-3
+
+
 def test_all_stages_off_greedy_tokens_equal_model_generate(qm, clip, baseline):
     # 1 s per temporal group: transformers 4.57 truncates fractional spacing to an integer, so compare there
     baseline = dataclasses.replace(baseline, items=[dataclasses.replace(baseline.items[0], second_per_grid_t=1.0)])
