@@ -14,6 +14,7 @@ Each step returns a plain dataclass, so a ComfyUI node can hold it in a socket a
 """
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from .config import PruneVidConfig
 from .errors import BudgetError, ConfigError, InputError, VideoError
 from .families import VideoLLM
 from .kv_cache import KVCache, pad_rows
-from .video import Clip
+from .video import Clip, to_grid
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 Progress = Callable[[int, int], None]   # progress(done, total); may raise to interrupt (ComfyUI does)
@@ -137,9 +138,15 @@ def encode(qm: VideoLLM, visual, config: PruneVidConfig, progress: Progress | No
     if not items_in:
         raise InputError("no video or image given")
     check_budget([x for _, x in items_in], config, type(qm))
-    prepared = []
+    prepared, f = [], qm.token_factor()
     for kind, x in items_in:
-        frames = x.frames if kind == "video" else x[None]
+        frames, resized = to_grid(x.frames if kind == "video" else torch.as_tensor(x)[None], f)
+        if resized:      # read for another family's grid (a model-independent video node): fit it to this one
+            shape = f"{x.frames.shape[2]}x{x.frames.shape[1]}" if kind == "video" else f"{x.shape[1]}x{x.shape[0]}"
+            note = (f"frames of {shape} are not on {qm.display_name}'s {f}-px grid: resized to "
+                    f"{frames.shape[2]}x{frames.shape[1]}")
+            if kind == "video":
+                x = dataclasses.replace(x, frames=frames, notes=[*x.notes, note])
         pixels, (t, h, w) = qm.patches(frames)
         grid = (t, h // qm.merge_size, w // qm.merge_size)
         sec = qm.seconds_per_group(x.fps) if kind == "video" else 0.0

@@ -487,6 +487,17 @@ def load_images(images, *, max_pixels: int = MAX_PIXELS, min_pixels: int = MIN_P
     return out
 
 
+def to_grid(frames, factor: int) -> tuple:
+    """uint8 [T, H, W, 3] frames sized for another grid (e.g. 28 px by a model-independent video node) -> (frames on
+    the factor grid with about the same pixel count, or the same frames when already on it; whether they changed)."""
+    x = torch.as_tensor(frames)
+    T, H, W = x.shape[:3]
+    if H % factor == 0 and W % factor == 0:
+        return x, False
+    h, w = smart_resize(H, W, factor, min_pixels=factor * factor, max_pixels=max(H * W, factor * factor))
+    return torch.from_numpy(np.stack([_resize(f, h, w) for f in x.numpy()])), True
+
+
 # ---------------------------------------------------------------- vision tower input
 
 def to_patches(frames, mean, std, *, patch_size: int = 14, temporal_patch_size: int = 2,

@@ -307,3 +307,17 @@ def test_bad_inputs_get_clear_errors(qm, clip, paper, tmp_path):
         loader.load(str(tmp_path / "nope"))
     with pytest.raises(BudgetError, match="max_video_tokens=8"):
         engine.encode(qm, clip, get_paper_config(max_video_tokens=8))
+
+
+def test_frames_read_for_another_grid_are_fitted_to_the_family(qm, sample_video):
+    """A model-independent reader (ComfyUI's video node) sizes frames for 28 px; a Qwen3-VL model needs 32 (and the
+    other way round): encode resizes them to the family's grid and says so."""
+    from prunevid.video import load_video
+    f = qm.token_factor()
+    clip = load_video(sample_video, max_frames=4, max_pixels=224 * 224, factor=60 - f)      # 28 <-> 32
+    assert clip.frames.shape[1] % f or clip.frames.shape[2] % f
+    enc = engine.encode(qm, clip, get_baseline_config())
+    t, h, w = enc.items[0].grid
+    assert enc.items[0].frames.shape[1:3] == (h * f, w * f)
+    assert enc.original_tokens == t * h * w and abs(h * w * f * f / (clip.frames.shape[1] * clip.frames.shape[2]) - 1) < 0.3
+    assert any(f"{f}-px grid" in n for n in enc.notes)
