@@ -241,7 +241,7 @@ def assemble(qm: VideoLLM, encoded: Encoded, question: str, system_prompt: str) 
         block_offsets.append(n_blocks)
         n_merged += it.tokens.num_tokens
         n_blocks += int(it.tokens.block.max()) + 1
-    length = 0
+    length, sels = 0, []
     for piece in pieces:
         if piece[0] == "text":
             ids = torch.tensor(qm.tokenizer.encode(piece[1], add_special_tokens=False), dtype=torch.long)
@@ -249,44 +249,37 @@ def assemble(qm: VideoLLM, encoded: Encoded, question: str, system_prompt: str) 
             embeds.append(qm.embed(ids.to(qm.device)))
             layout.append(("text", ids.numel()))
             length += ids.numel()
+            sels.append(None)
             continue
         _, i, g0, g1 = piece
         it = encoded.items[i]
-        per_group = it.grid[1] * it.grid[2]
-        group = it.tokens.rep_index.cpu() // per_group
+        group = it.tokens.rep_index.cpu() // (it.grid[1] * it.grid[2])
         sel = ((group >= g0) & (group < g1)).nonzero().squeeze(1)        # this piece's merged tokens
         layout.append(("vision", (g1 - g0, *it.grid[1:]), it.second_per_grid_t))
         embeds.append(it.tokens.embeds[sel.to(it.tokens.embeds.device)].to(qm.device, qm.dtype))
         visual_cols.append(torch.arange(length, length + sel.numel()))
         blocks.append(it.tokens.block.cpu()[sel] + block_offsets[i])
         placed.append(sel + offsets[i])
+        sels.append(sel)
         length += sel.numel()
-    placed = torch.cat(placed)
-    if not torch.equal(placed, torch.arange(n_merged)):
+    if not torch.equal(torch.cat(placed), torch.arange(n_merged)):
         raise RuntimeError("Stage 1's merged tokens are not in temporal-group order; the prompt cannot hold them")
-    # unpruned positions of every piece, then the visual tokens pick their representatives' positions
+    # unpruned positions of every piece; an item's original tokens are its vision pieces' columns, in order
     full, delta = qm.positions(layout)
-    cursor, out = 0, []
-    originals = [[] for _ in encoded.items]           # full-layout columns of each item's original tokens
-    for piece, lay in zip(pieces, layout):
+    spans, cursor = [], 0
+    for lay in layout:
         n0 = lay[1] if lay[0] == "text" else lay[1][0] * lay[1][1] * lay[1][2]
-        if piece[0] == "vision":
-            originals[piece[1]].append(torch.arange(cursor, cursor + n0))
+        spans.append(torch.arange(cursor, cursor + n0))
         cursor += n0
-    originals = [torch.cat(o) if o else None for o in originals]
-    cursor = 0
-    for piece, lay in zip(pieces, layout):
-        if lay[0] == "text":
-            out.append(full[:, cursor:cursor + lay[1]])
-            cursor += lay[1]
-            continue
-        _, i, g0, g1 = piece
-        it = encoded.items[i]
-        per_group = it.grid[1] * it.grid[2]
-        rep = it.tokens.rep_index.cpu()
-        sel = ((rep // per_group >= g0) & (rep // per_group < g1)).nonzero().squeeze(1)
-        out.append(full[:, originals[i][rep[sel]]])
-        cursor += (g1 - g0) * per_group
+    originals = {}
+    for piece, span in zip(pieces, spans):
+        if piece[0] == "vision":
+            originals.setdefault(piece[1], []).append(span)
+    originals = {i: torch.cat(cols) for i, cols in originals.items()}
+    # text keeps its positions; each merged token takes its representative's
+    out = [full[:, span] if sel is None
+           else full[:, originals[piece[1]][encoded.items[piece[1]].tokens.rep_index.cpu()[sel]]]
+           for piece, span, sel in zip(pieces, spans, sels)]
     visual_cols = torch.cat(visual_cols)
     levels = min((len(it.tokens.extras) for it in encoded.items), default=0)
     extras = [torch.cat([it.tokens.extras[lv] for it in encoded.items]) for lv in range(levels)]
