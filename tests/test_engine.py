@@ -230,9 +230,9 @@ def test_stage2_scores_the_input_of_layer_m(qm, paper, with_rope):
     pf = engine.prefill(paper, Q, cfg)
     seq = engine.assemble(qm, paper, Q, engine.DEFAULT_SYSTEM_PROMPT)
     with torch.no_grad():
-        hidden = qm.language_model(inputs_embeds=seq.embeds[None], position_ids=seq.positions[:, None],
-                                   output_hidden_states=True, use_cache=False,
-                                   **qm.language_model_inputs(seq)).hidden_states
+        kwargs = {"position_ids": seq.positions[:, None], **qm.language_model_inputs(seq)}
+        hidden = qm.language_model(inputs_embeds=seq.embeds[None], output_hidden_states=True, use_cache=False,
+                                   **kwargs).hidden_states
         rope = qm.score_rope(seq.positions, torch.float32) if with_rope else None
         ref = {m: full_reference(qm.layers[m], hidden[m][0], seq.query_start, seq.visual_cols, "max", rope)
                for m in (M - 1, M, M + 1)}

@@ -93,8 +93,9 @@ class VideoLLM:
         return hidden
 
     def language_model_inputs(self, seq) -> dict:
-        """Extra arguments for transformers' own language model forward on an assembled prompt (batch 1), so a
-        reference run sees what the engine's loop adds (Qwen3-VL: visual_pos_masks and the DeepStack levels)."""
+        """Arguments for transformers' own language model forward on an assembled prompt (batch 1) beyond
+        inputs_embeds and position_ids [3, 1, L], so a reference run sees what the engine's loop adds (Qwen3-VL:
+        its position ids with a text row, visual_pos_masks and the DeepStack levels)."""
         return {}
 
     # ---- the loaded model

@@ -101,9 +101,13 @@ class Qwen3VL(Qwen2VL):
         return hidden
 
     def language_model_inputs(self, seq) -> dict:
-        """visual_pos_masks and deepstack_visual_embeds of an assembled prompt, for transformers' own forward."""
-        if not seq.extras:
-            return {}
-        mask = torch.zeros(1, seq.embeds.shape[0], dtype=torch.bool, device=seq.embeds.device)
-        mask[0, seq.visual_cols.to(mask.device)] = True
-        return {"visual_pos_masks": mask, "deepstack_visual_embeds": list(seq.extras)}
+        """For transformers' own text model on an assembled prompt: position ids with a text row first (given three
+        rows, 4.57 takes the temporal row as the text positions its causal mask is built from, and a video's
+        repeated temporal ids then read as packed sequences), visual_pos_masks and deepstack_visual_embeds."""
+        L = seq.embeds.shape[0]
+        out = {"position_ids": torch.cat([torch.arange(L)[None], seq.positions.cpu()])[:, None].to(seq.embeds.device)}
+        if seq.extras:
+            mask = torch.zeros(1, L, dtype=torch.bool, device=seq.embeds.device)
+            mask[0, seq.visual_cols.to(mask.device)] = True
+            out.update(visual_pos_masks=mask, deepstack_visual_embeds=list(seq.extras))
+        return out
