@@ -21,6 +21,14 @@ def vision_output(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
+def vision_streams(out) -> tuple:
+    """(merged tokens, [DeepStack levels]) a Qwen3-VL vision tower returned: 4.57 returns a (tensor, list) tuple,
+    5.x an output object with .pooler_output and .deepstack_features."""
+    if isinstance(out, tuple):
+        return out[0], list(out[1])
+    return out.pooler_output, list(out.deepstack_features)
+
+
 def decoder_layer(layer, hidden: torch.Tensor, position_embeddings, cache, attention_mask=None) -> torch.Tensor:
     """One decoder layer on hidden [B, n, D], appending its keys/values to `cache`.
 

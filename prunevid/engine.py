@@ -14,6 +14,7 @@ Each step returns a plain dataclass, so a ComfyUI node can hold it in a socket a
 """
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from .config import PruneVidConfig
 from .errors import BudgetError, ConfigError, InputError, VideoError
 from .families import VideoLLM
 from .kv_cache import KVCache, pad_rows
-from .video import Clip
+from .video import Clip, to_grid
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 Progress = Callable[[int, int], None]   # progress(done, total); may raise to interrupt (ComfyUI does)
@@ -42,6 +43,7 @@ class VisualItem:
     frames: torch.Tensor | None = None   # uint8 [T, H, W, 3] sampled frames, for visualisation
     source: str | None = None            # a video's path or description (Clip.source); None for images
     notes: list = field(default_factory=list)   # what the video reader assumed or corrected for this video
+    times: list | None = None            # seconds of each temporal group (the mean of its frames' times; videos)
 
 
 @dataclass
@@ -136,9 +138,15 @@ def encode(qm: VideoLLM, visual, config: PruneVidConfig, progress: Progress | No
     if not items_in:
         raise InputError("no video or image given")
     check_budget([x for _, x in items_in], config, type(qm))
-    prepared = []
+    prepared, f = [], qm.token_factor()
     for kind, x in items_in:
-        frames = x.frames if kind == "video" else x[None]
+        frames, resized = to_grid(x.frames if kind == "video" else torch.as_tensor(x)[None], f)
+        if resized:      # read for another family's grid (a model-independent video node): fit it to this one
+            shape = f"{x.frames.shape[2]}x{x.frames.shape[1]}" if kind == "video" else f"{x.shape[1]}x{x.shape[0]}"
+            note = (f"frames of {shape} are not on {qm.display_name}'s {f}-px grid: resized to "
+                    f"{frames.shape[2]}x{frames.shape[1]}")
+            if kind == "video":
+                x = dataclasses.replace(x, frames=frames, notes=[*x.notes, note])
         pixels, (t, h, w) = qm.patches(frames)
         grid = (t, h // qm.merge_size, w // qm.merge_size)
         sec = qm.seconds_per_group(x.fps) if kind == "video" else 0.0
@@ -148,18 +156,18 @@ def encode(qm: VideoLLM, visual, config: PruneVidConfig, progress: Progress | No
     for i, (kind, x, frames, pixels, thw, grid, sec) in enumerate(prepared):
         t0 = time.perf_counter()
         with torch.no_grad():
-            feats = qm.vision_features(pixels, thw)                      # [t, h*w, C]
+            feats, extras = qm.visual_streams(pixels, thw)               # [t, h*w, C], [[t, h*w, C_i]]
         t1 = time.perf_counter()
         if config.enable_stage1:
             tokens = stage1.merge_video(feats, config.tau, config.cluster_ratio, config.temporal_segment_ratio,
-                                        config.dpc_knn_k, config.static_test)
+                                        config.dpc_knn_k, config.static_test, extras=extras)
         else:
-            tokens = stage1.unmerged(feats)
+            tokens = stage1.unmerged(feats, extras=extras)
         t_vision += t1 - t0
         t_stage1 += time.perf_counter() - t1
         video = kind == "video"
         items.append(VisualItem(kind, grid, sec, tokens, frames, source=x.source if video else None,
-                                notes=list(x.notes) if video else []))
+                                notes=list(x.notes) if video else [], times=qm.group_times(x) if video else None))
         if progress:
             progress(i + 1, len(prepared))
     params = ({k: getattr(config, k) for k in ("tau", "cluster_ratio", "temporal_segment_ratio", "dpc_knn_k")}
@@ -184,64 +192,101 @@ class Sequence:
     next_position: int          # unpruned max position + 1
     text_ids: torch.Tensor      # [n] the prompt's text token ids
     unpruned_length: int
+    extras: list = field(default_factory=list)  # [N, C_i] per extra stream of the merged tokens (DeepStack levels)
+
+
+def prompt_pieces(qm: VideoLLM, encoded: Encoded, question: str, system_prompt: str) -> list:
+    """The prompt in order as ("text", str) and ("vision", item, first group, end group) pieces: the chat template
+    around each visual block, and inside each block the family's layout (one vision piece on Qwen2-VL and
+    Qwen2.5-VL; on Qwen3-VL a timestamp and a <|vision_start|> ... <|vision_end|> wrapper per temporal group)."""
+    kinds = [it.kind for it in encoded.items]
+    out = []
+    for i, piece in enumerate(qm.chat_pieces(kinds, question, system_prompt)):
+        out.append(("text", piece))
+        if i < len(kinds):
+            it = encoded.items[i]
+            out += [p if p[0] == "text" else ("vision", i, *p[1:])
+                    for p in qm.block_layout(it.kind, it.grid[0], it.times)]
+    return out
 
 
 def reference_input_ids(qm: VideoLLM, encoded: Encoded, question: str,
                         system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> torch.Tensor:
     """The unpruned prompt as token ids with the image/video pad placeholders transformers expects. [L]"""
-    kinds = [it.kind for it in encoded.items]
-    text = qm.chat_pieces(kinds, question, system_prompt)
     ids = []
-    for i, piece in enumerate(text):
-        ids += qm.tokenizer.encode(piece, add_special_tokens=False)
-        if i < len(kinds):
-            pad = qm.token_id(qm.pad_token(kinds[i]))
-            ids += [pad] * encoded.items[i].tokens.original_tokens
+    for piece in prompt_pieces(qm, encoded, question, system_prompt):
+        if piece[0] == "text":
+            ids += qm.tokenizer.encode(piece[1], add_special_tokens=False)
+        else:
+            _, i, g0, g1 = piece
+            it = encoded.items[i]
+            ids += [qm.token_id(qm.pad_token(it.kind))] * ((g1 - g0) * it.grid[1] * it.grid[2])
     return torch.tensor(ids, dtype=torch.long)
 
 
 def assemble(qm: VideoLLM, encoded: Encoded, question: str, system_prompt: str) -> Sequence:
-    """The prompt around the merged visual tokens, each at its representative's unpruned position."""
+    """The prompt around the merged visual tokens, each at its representative's unpruned position.
+
+    A merged token goes into the vision piece of its representative's temporal group (Stage 1 emits them in group
+    order, so the sequence keeps the merged tokens' order); every text piece (timestamps and wrappers included, even
+    around a group whose tokens were all merged into earlier ones) stays, at its unpruned positions.
+    """
     if not isinstance(question, str) or not question.strip():
         raise InputError("question is empty: ask something about the video")
-    kinds = [it.kind for it in encoded.items]
-    embeds, layout, text_ids = [], [], []
-    visual_cols, blocks = [], []
-    length, block_offset = 0, 0
-    unpruned_len = 0
-    for i, piece in enumerate(qm.chat_pieces(kinds, question, system_prompt)):
-        ids = torch.tensor(qm.tokenizer.encode(piece, add_special_tokens=False), dtype=torch.long)
-        text_ids.append(ids)
-        embeds.append(qm.embed(ids.to(qm.device)))
-        layout.append(("text", ids.numel()))
-        length += ids.numel()
-        unpruned_len += ids.numel()
-        if i < len(kinds):
-            it = encoded.items[i]
-            layout.append(("vision", it.grid, it.second_per_grid_t))
-            embeds.append(it.tokens.embeds.to(qm.device, qm.dtype))
-            n = it.tokens.num_tokens
-            visual_cols.append(torch.arange(length, length + n))
-            blocks.append(it.tokens.block + block_offset)
-            block_offset += int(it.tokens.block.max()) + 1
-            length += n
-            unpruned_len += it.tokens.original_tokens
-    # unpruned positions of every piece, then the visual tokens pick their representatives' positions
-    full, delta = qm.positions(layout)
-    cursor, out = 0, []
-    for i, piece in enumerate(layout):
+    pieces = prompt_pieces(qm, encoded, question, system_prompt)
+    embeds, layout, text_ids, visual_cols, blocks, placed = [], [], [], [], [], []
+    offsets, block_offsets, n_merged, n_blocks = [], [], 0, 0
+    for it in encoded.items:                      # each item's first merged token and block in the whole prompt
+        offsets.append(n_merged)
+        block_offsets.append(n_blocks)
+        n_merged += it.tokens.num_tokens
+        n_blocks += int(it.tokens.block.max()) + 1
+    length, sels = 0, []
+    for piece in pieces:
         if piece[0] == "text":
-            out.append(full[:, cursor:cursor + piece[1]])
-            cursor += piece[1]
-        else:
-            it = encoded.items[(i - 1) // 2]
-            n0 = it.tokens.original_tokens
-            out.append(full[:, cursor:cursor + n0][:, it.tokens.rep_index.cpu()])
-            cursor += n0
+            ids = torch.tensor(qm.tokenizer.encode(piece[1], add_special_tokens=False), dtype=torch.long)
+            text_ids.append(ids)
+            embeds.append(qm.embed(ids.to(qm.device)))
+            layout.append(("text", ids.numel()))
+            length += ids.numel()
+            sels.append(None)
+            continue
+        _, i, g0, g1 = piece
+        it = encoded.items[i]
+        group = it.tokens.rep_index.cpu() // (it.grid[1] * it.grid[2])
+        sel = ((group >= g0) & (group < g1)).nonzero().squeeze(1)        # this piece's merged tokens
+        layout.append(("vision", (g1 - g0, *it.grid[1:]), it.second_per_grid_t))
+        embeds.append(it.tokens.embeds[sel.to(it.tokens.embeds.device)].to(qm.device, qm.dtype))
+        visual_cols.append(torch.arange(length, length + sel.numel()))
+        blocks.append(it.tokens.block.cpu()[sel] + block_offsets[i])
+        placed.append(sel + offsets[i])
+        sels.append(sel)
+        length += sel.numel()
+    if not torch.equal(torch.cat(placed), torch.arange(n_merged)):
+        raise RuntimeError("Stage 1's merged tokens are not in temporal-group order; the prompt cannot hold them")
+    # unpruned positions of every piece; an item's original tokens are its vision pieces' columns, in order
+    full, delta = qm.positions(layout)
+    spans, cursor = [], 0
+    for lay in layout:
+        n0 = lay[1] if lay[0] == "text" else lay[1][0] * lay[1][1] * lay[1][2]
+        spans.append(torch.arange(cursor, cursor + n0))
+        cursor += n0
+    originals = {}
+    for piece, span in zip(pieces, spans):
+        if piece[0] == "vision":
+            originals.setdefault(piece[1], []).append(span)
+    originals = {i: torch.cat(cols) for i, cols in originals.items()}
+    # text keeps its positions; each merged token takes its representative's
+    out = [full[:, span] if sel is None
+           else full[:, originals[piece[1]][encoded.items[piece[1]].tokens.rep_index.cpu()[sel]]]
+           for piece, span, sel in zip(pieces, spans, sels)]
     visual_cols = torch.cat(visual_cols)
+    levels = min((len(it.tokens.extras) for it in encoded.items), default=0)
+    extras = [torch.cat([it.tokens.extras[lv] for it in encoded.items]) for lv in range(levels)]
     return Sequence(embeds=torch.cat(embeds), positions=torch.cat(out, dim=1), visual_cols=visual_cols,
-                    blocks=torch.cat(blocks).cpu(), query_start=int(visual_cols[-1]) + 1,
-                    next_position=unpruned_len + delta, text_ids=torch.cat(text_ids), unpruned_length=unpruned_len)
+                    blocks=torch.cat(blocks), query_start=int(visual_cols[-1]) + 1,
+                    next_position=cursor + delta, text_ids=torch.cat(text_ids), unpruned_length=cursor,
+                    extras=extras)
 
 
 # ---------------------------------------------------------------- prefill (question dependent)
@@ -318,6 +363,7 @@ def run_layers(qm: VideoLLM, seqs: list, config: PruneVidConfig, keep_visual: li
     keep_seq = [torch.arange(int(k)) for k in n]
     kept_visual = [torch.arange(s.visual_cols.numel()) for s in seqs]
     scores, t_score = [None] * B, 0.0
+    visual = [(s.visual_cols, torch.arange(s.visual_cols.numel())) for s in seqs]   # (columns, merged index)
     for i, layer in enumerate(qm.layers):
         h, rope = placement.follow(layer, h, rope)     # a sharded model: the hidden states go where the layer is
         if prune and i == M:
@@ -338,6 +384,9 @@ def run_layers(qm: VideoLLM, seqs: list, config: PruneVidConfig, keep_visual: li
             rope = tuple(_take(r, idx) for r in rope)
             n = torch.tensor([k.numel() for k in keep_seq])
             lengths[i + 1:] = n
+            visual = [(torch.searchsorted(keep_seq[b], s.visual_cols[kept_visual[b]]), kept_visual[b])
+                      for b, s in enumerate(seqs)]
+        h = qm.after_layer(i, h, seqs, visual)          # e.g. Qwen3-VL's DeepStack: only kept tokens after M
         if progress:
             progress(i + 1, qm.num_layers)
     last = h[torch.arange(B, device=h.device), (n - 1).to(h.device)]      # [B, D] each row's last real token

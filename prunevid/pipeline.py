@@ -63,7 +63,7 @@ class PruneVid:
         return loader.detect(self.model_path) or families.for_hub_id(str(self.model_path)) or families.DEFAULT
 
     def load_video(self, video_path: str) -> video.Clip:
-        return read_video(video_path, self.config)
+        return read_video(video_path, self.config, self.family.token_factor())
 
     def encode(self, video_path: str | None = None, images: list | None = None, progress=None,
                videos: list | None = None) -> engine.Encoded:
@@ -89,7 +89,8 @@ class PruneVid:
             if on_status and not isinstance(v, video.Clip):
                 on_status(f"reading {v} ...")
             clips.append(v if isinstance(v, video.Clip) else self.load_video(v))
-        return clips + (video.load_images(images, max_pixels=self.config.max_pixels) if images is not None else [])
+        return clips + (video.load_images(images, max_pixels=self.config.max_pixels,
+                                          factor=self.family.token_factor()) if images is not None else [])
 
     def answer(self, encoded: engine.Encoded, question: str, max_new_tokens: int = 128,
                system_prompt: str = engine.DEFAULT_SYSTEM_PROMPT, on_text=None, progress=None, **sampling) -> dict:
@@ -262,7 +263,7 @@ def _error_result(e: PruneVidError) -> dict:
     return {"answer": None, "ids": [], "stats": None, "error": str(e)}
 
 
-def read_video(video_path, config: PruneVidConfig) -> video.Clip:
+def read_video(video_path, config: PruneVidConfig, factor: int = video.FACTOR) -> video.Clip:
     """Decode and sample a video (str, bytes or os.PathLike path) with the config's frame and pixel budgets.
 
     An over-budget request (config.max_video_tokens) fails from the container's frame count and size, before
@@ -270,4 +271,4 @@ def read_video(video_path, config: PruneVidConfig) -> video.Clip:
     """
     return video.load_video(video_path, max_frames=config.max_frames, sampling=config.video_sampling,
                             fps=config.sampling_fps, max_pixels=config.max_pixels,
-                            max_video_tokens=config.max_video_tokens)
+                            max_video_tokens=config.max_video_tokens, factor=factor)

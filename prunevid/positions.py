@@ -74,6 +74,20 @@ def mrope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, mrope_section
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+def mrope_cos_sin_interleaved(positions: torch.Tensor, inv_freq: torch.Tensor, mrope_section: list[int],
+                              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary tables for 3-D positions with Qwen3-VL's interleaved M-RoPE: frequency j follows the height axis
+    when j % 3 == 1 and j < 3 * mrope_section[1], the width axis when j % 3 == 2 and j < 3 * mrope_section[2], the
+    temporal axis otherwise (T H W T H W ... T T). positions [3, L] -> (cos, sin), each [L, head_dim]."""
+    freqs = positions[..., None].float() * inv_freq.float().to(positions.device)   # [3, L, head_dim/2]
+    out = freqs[0].clone()
+    for axis in (1, 2):
+        idx = slice(axis, 3 * mrope_section[axis], 3)
+        out[..., idx] = freqs[axis, ..., idx]
+    emb = torch.cat([out, out], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Apply RoPE to x [..., L, head_dim] with tables [L, head_dim]."""
     half = x.shape[-1] // 2

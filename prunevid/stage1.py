@@ -11,7 +11,7 @@ takes, and every original token remembers the merged token that stands for it (p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,8 @@ class MergedTokens:
     segments: list            # [(first_group, end_group)] half-open group ranges
     static_locations: int     # number of (segment, location) pairs found static, weighted by segment length
     original_tokens: int      # N0
+    extras: list = field(default_factory=list)   # [N1, D_i] per extra stream (Qwen3-VL's DeepStack levels), merged
+                                                 # with the same clusters and averaging as embeds
 
     @property
     def num_tokens(self) -> int:
@@ -134,30 +136,38 @@ def static_mask(groups: torch.Tensor, tau: float, test: str = "mean") -> torch.T
     return pair_sum / (g * (g - 1)) > tau
 
 
-def _cluster(x: torch.Tensor, ratio: float, k: int):
+def _cluster(x: torch.Tensor, ratio: float, k: int, channels: int | None = None):
     """Spatial DPC-KNN merge of each row of x [B, n, C] (n tokens) when n is large enough.
 
-    Returns (merged [B, K, C], labels [B, n], centres [B, K]).
+    channels: cluster on the first `channels` features only (the main tokens) and average every channel (the main
+    tokens and their extra streams) with those clusters. Returns (merged [B, K, C], labels [B, n], centres [B, K]).
     """
     B, n, _ = x.shape
     if n < MIN_TOKENS_TO_CLUSTER:
         ar = torch.arange(n, device=x.device).expand(B, n)
         return x, ar, ar
     num = max(1, int(n * ratio))
-    labels, centres = dpc_knn(x, num, k)
+    labels, centres = dpc_knn(x if channels is None else x[..., :channels], num, k)
     return merge_clusters(x, labels, num), labels, centres
 
 
 def merge_video(feats: torch.Tensor, tau: float, cluster_ratio: float, temporal_segment_ratio: float,
-                k: int, static_test: str = "mean") -> MergedTokens:
+                k: int, static_test: str = "mean", extras: list | None = None) -> MergedTokens:
     """Run Stage 1 on one video (or one image: G = 1 gets only the spatial merge).
 
     feats: [G, n, D] vision-tower output, G temporal groups of n = h * w tokens in raster order.
     static_test: "mean" (paper) or "min", see static_mask.
+    extras: [G, n, D_i] per-token streams that travel with the tokens (Qwen3-VL's DeepStack levels): segments,
+    static locations and clusters are decided on feats alone, and each stream is averaged over exactly the same
+    members as the token it belongs to (the streams ride along as extra channels of one merge).
     """
     G, n, D = feats.shape
     dev = feats.device
     segments = segment_groups(feats.float().mean(1), temporal_segment_ratio, k)
+    widths = [e.shape[-1] for e in extras or []]
+    main = feats
+    if widths:
+        feats = torch.cat([feats, *[e.to(feats.dtype) for e in extras]], dim=-1)   # [G, n, D + sum(D_i)]
 
     embeds, rep, block, is_static = [], [], [], []
     members = torch.empty(G * n, dtype=torch.long, device=dev)
@@ -177,34 +187,39 @@ def merge_video(feats: torch.Tensor, tau: float, cluster_ratio: float, temporal_
     for s, e in segments:
         seg = feats[s:e]                                                   # [g, n, D]
         g = e - s
-        mask = static_mask(seg, tau, static_test)
+        mask = static_mask(main[s:e], tau, static_test)
         static_loc = mask.nonzero().squeeze(1)
         dynamic_loc = (~mask).nonzero().squeeze(1)
         group_ids = torch.arange(s, e, device=dev)
 
         if static_loc.numel():
             static_locations += g * static_loc.numel()
-            merged, labels, centres = _cluster(seg[:, static_loc].mean(0, keepdim=True), cluster_ratio, k)
+            merged, labels, centres = _cluster(seg[:, static_loc].mean(0, keepdim=True), cluster_ratio, k,
+                                              D if widths else None)
             start = emit(merged[0], s * n + static_loc[centres[0]], True)
             # every group's copy of a static location is stood for by the same merged token
             members[(group_ids[:, None] * n + static_loc[None, :]).flatten()] = (start + labels[0]).repeat(g)
 
         if dynamic_loc.numel():
-            merged, labels, centres = _cluster(seg[:, dynamic_loc], cluster_ratio, k)   # batched over groups
+            merged, labels, centres = _cluster(seg[:, dynamic_loc], cluster_ratio, k, D if widths else None)
             for i in range(g):
                 start = emit(merged[i], (s + i) * n + dynamic_loc[centres[i]], False)
                 members[(s + i) * n + dynamic_loc] = start + labels[i]
 
+    merged = torch.cat(embeds)
+    streams = list(merged[:, D:].split(widths, dim=-1)) if widths else []
     return MergedTokens(
-        embeds=torch.cat(embeds), rep_index=torch.cat(rep), block=torch.cat(block), is_static=torch.cat(is_static),
-        members=members, segments=segments, static_locations=static_locations, original_tokens=G * n)
+        embeds=merged[:, :D] if widths else merged, rep_index=torch.cat(rep), block=torch.cat(block),
+        is_static=torch.cat(is_static), members=members, segments=segments, static_locations=static_locations,
+        original_tokens=G * n, extras=[x.to(e.dtype) for x, e in zip(streams, extras or [])])
 
 
-def unmerged(feats: torch.Tensor) -> MergedTokens:
+def unmerged(feats: torch.Tensor, extras: list | None = None) -> MergedTokens:
     """Stage 1 switched off: every original token is its own merged token, one selection block per group."""
     G, n, D = feats.shape
     ar = torch.arange(G * n, device=feats.device)
     return MergedTokens(
         embeds=feats.reshape(G * n, D), rep_index=ar, block=ar // n,
         is_static=torch.zeros(G * n, dtype=torch.bool, device=feats.device), members=ar,
-        segments=[(g, g + 1) for g in range(G)], static_locations=0, original_tokens=G * n)
+        segments=[(g, g + 1) for g in range(G)], static_locations=0, original_tokens=G * n,
+        extras=[e.reshape(G * n, -1) for e in extras or []])

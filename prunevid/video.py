@@ -122,15 +122,16 @@ def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int 
     return h, w
 
 
-def visual_tokens(frames: int, height: int, width: int) -> int:
-    """LLM tokens of `frames` frames of height x width (multiples of FACTOR) before Stage 1: one per 2 frames x
-    28 x 28 pixels (an odd frame count is padded to even, as Qwen does)."""
-    return -(-frames // 2) * (height // FACTOR) * (width // FACTOR)
+def visual_tokens(frames: int, height: int, width: int, factor: int = FACTOR) -> int:
+    """LLM tokens of `frames` frames of height x width (multiples of factor) before Stage 1: one per 2 frames x
+    factor x factor pixels (28 on Qwen2/2.5-VL, 32 on Qwen3-VL; an odd frame count is padded to even, as Qwen does)."""
+    return -(-frames // 2) * (height // factor) * (width // factor)
 
 
-def _check_tokens(source: str, frames: int, height: int, width: int, max_video_tokens: int | None):
-    """BudgetError when `frames` frames of height x width (already on the 28 grid) are over max_video_tokens."""
-    tokens = visual_tokens(frames, height, width)
+def _check_tokens(source: str, frames: int, height: int, width: int, max_video_tokens: int | None,
+                  factor: int = FACTOR):
+    """BudgetError when `frames` frames of height x width (already on the factor grid) are over max_video_tokens."""
+    tokens = visual_tokens(frames, height, width, factor)
     if max_video_tokens is not None and tokens > max_video_tokens:
         raise BudgetError(f"{source}: {frames + frames % 2} frames at {width}x{height} make {tokens} visual tokens, "
                           f"over max_video_tokens={max_video_tokens}; lower max_frames or max_pixels")
@@ -695,7 +696,7 @@ def _sequential(path, shown, facts: _Facts, source_fps: float, max_frames, sampl
 
 def load_video(path, *, max_frames: int = 16, sampling: str = "uniform", fps: float = 2.0,
                max_pixels: int = MAX_PIXELS, min_pixels: int = MIN_PIXELS,
-               max_video_tokens: int | None = None) -> Clip:
+               max_video_tokens: int | None = None, factor: int = FACTOR) -> Clip:
     """Decode and sample a video file into a Clip (uint8 [T, h, w, 3] RGB, T even, h and w multiples of 28).
 
     path: str, bytes or os.PathLike.
@@ -709,9 +710,10 @@ def load_video(path, *, max_frames: int = 16, sampling: str = "uniform", fps: fl
     max_video_tokens: raise BudgetError when the sampled frames would make more visual tokens (before Stage 1);
     checked from the container's frame count, duration and size before any frame is decoded, and again on what
     decoded.
+    factor: pixels per LLM token along a side (the family's token_factor(): 28, or 32 on Qwen3-VL).
     """
     _check_sampling(max_frames, sampling, fps)
-    _check_pixels(min_pixels, max_pixels)
+    _check_pixels(min_pixels, max_pixels, factor)
     path, shown = _as_path(path)
     _check_file(path, shown)
     notes = []
@@ -729,16 +731,16 @@ def load_video(path, *, max_frames: int = 16, sampling: str = "uniform", fps: fl
         if turn:
             rgb = np.rot90(rgb, turn)
         if size is None:  # from the decoded frame, not the container: rotation swaps the sides
-            size = smart_resize(rgb.shape[0], rgb.shape[1], min_pixels=min_pixels, max_pixels=max_pixels)
+            size = smart_resize(rgb.shape[0], rgb.shape[1], factor, min_pixels=min_pixels, max_pixels=max_pixels)
         return _resize(rgb, *size)
 
     def budget(n_frames):
         # Before decoding: the container's size is enough, since the token count does not depend on rotation
         # (smart_resize is symmetric in height and width). A count the container over-reports can refuse a
         # video that would have fitted, and then the advice (fewer frames) is still right.
-        h, w = size or (smart_resize(*facts.size, min_pixels=min_pixels, max_pixels=max_pixels)
+        h, w = size or (smart_resize(*facts.size, factor, min_pixels=min_pixels, max_pixels=max_pixels)
                         if min(facts.size) > 0 else (0, 0))
-        _check_tokens(shown, n_frames, h, w, max_video_tokens)
+        _check_tokens(shown, n_frames, h, w, max_video_tokens, factor)
 
     with _ffmpeg_messages() as said:
         container, stream = _open(path, shown)
@@ -797,7 +799,7 @@ def load_video(path, *, max_frames: int = 16, sampling: str = "uniform", fps: fl
     if said:
         note(f"FFmpeg reported {len(said)} problem(s) while decoding, first {said[0]!r}; some frames may be damaged")
     clip = _clip_at(kept, times, source_fps, total, shown, notes)
-    _check_tokens(shown, *clip.frames.shape[:3], max_video_tokens)
+    _check_tokens(shown, *clip.frames.shape[:3], max_video_tokens, factor)
     return clip
 
 
@@ -812,14 +814,15 @@ def _to_uint8(x) -> np.ndarray:
 
 
 def clip_from_frames(frames, source_fps: float, *, max_frames: int = 16, sampling: str = "uniform", fps: float = 2.0,
-                     max_pixels: int = MAX_PIXELS, min_pixels: int = MIN_PIXELS, source: str = "frames") -> Clip:
+                     max_pixels: int = MAX_PIXELS, min_pixels: int = MIN_PIXELS, source: str = "frames",
+                     factor: int = FACTOR) -> Clip:
     """Sample and resize frames already in memory, with the same rules as load_video.
 
     frames: [T, H, W, 3] float in 0..1 (ComfyUI IMAGE) or uint8, torch or numpy. source_fps: their frame rate.
-    fps is the sampling rate for sampling="fps", as in load_video.
+    fps is the sampling rate for sampling="fps", as in load_video; factor as in load_video.
     """
     _check_sampling(max_frames, sampling, fps)
-    _check_pixels(min_pixels, max_pixels)
+    _check_pixels(min_pixels, max_pixels, factor)
     if not _positive(source_fps):
         raise ConfigError(f"source_fps (frame rate of {source}) must be > 0, got {source_fps!r}")
     shape = tuple(frames.shape)
@@ -828,7 +831,7 @@ def clip_from_frames(frames, source_fps: float, *, max_frames: int = 16, samplin
     if shape[0] == 0:
         raise VideoError(f"{source} has no frames")
     wanted = _select(shape[0], float(source_fps), max_frames, sampling, fps)
-    h, w = smart_resize(shape[1], shape[2], min_pixels=min_pixels, max_pixels=max_pixels)
+    h, w = smart_resize(shape[1], shape[2], factor, min_pixels=min_pixels, max_pixels=max_pixels)
     # convert only the kept frames: a long IMAGE batch stays float and untouched
     kept = [_resize(_to_uint8(frames[i]), h, w) for i in wanted]
     return _make_clip(kept, wanted, float(source_fps), shape[0], source, [])
@@ -855,10 +858,11 @@ def _read_image(item, i: int) -> np.ndarray:
     return _to_uint8(x)
 
 
-def load_images(images, *, max_pixels: int = MAX_PIXELS, min_pixels: int = MIN_PIXELS) -> list[torch.Tensor]:
+def load_images(images, *, max_pixels: int = MAX_PIXELS, min_pixels: int = MIN_PIXELS,
+                factor: int = FACTOR) -> list[torch.Tensor]:
     """Paths, PIL images or [H, W, 3] arrays/tensors (uint8 or float 0..1) -> list of uint8 [h, w, 3] tensors,
-    each resized on its own to the 28 grid (images keep their own sizes, as in Qwen)."""
-    _check_pixels(min_pixels, max_pixels)
+    each resized on its own to the factor grid (28, or 32 on Qwen3-VL; images keep their own sizes, as in Qwen)."""
+    _check_pixels(min_pixels, max_pixels, factor)
     if isinstance(images, (str, bytes, os.PathLike)) or not hasattr(images, "__len__"):
         images = [images]
     if len(images) == 0:
@@ -866,9 +870,20 @@ def load_images(images, *, max_pixels: int = MAX_PIXELS, min_pixels: int = MIN_P
     out = []
     for i, item in enumerate(images):
         img = _read_image(item, i)
-        h, w = smart_resize(img.shape[0], img.shape[1], min_pixels=min_pixels, max_pixels=max_pixels)
+        h, w = smart_resize(img.shape[0], img.shape[1], factor, min_pixels=min_pixels, max_pixels=max_pixels)
         out.append(torch.from_numpy(_resize(img, h, w)))
     return out
+
+
+def to_grid(frames, factor: int) -> tuple:
+    """uint8 [T, H, W, 3] frames sized for another grid (e.g. 28 px by a model-independent video node) -> (frames on
+    the factor grid with about the same pixel count, or the same frames when already on it; whether they changed)."""
+    x = torch.as_tensor(frames)
+    T, H, W = x.shape[:3]
+    if H % factor == 0 and W % factor == 0:
+        return x, False
+    h, w = smart_resize(H, W, factor, min_pixels=factor * factor, max_pixels=max(H * W, factor * factor))
+    return torch.from_numpy(np.stack([_resize(f, h, w) for f in x.numpy()])), True
 
 
 # ---------------------------------------------------------------- vision tower input

@@ -1,7 +1,8 @@
 """Pictures of what the pruning did, drawn over the sampled frames (for ComfyUI's IMAGE previews and the CLI).
 
 Every function returns float32 [N, H, W, 3] in 0..1 (ComfyUI's IMAGE layout). A token is a 28x28-pixel cell of
-Qwen's grid (after the 2x2 merge); a frame shows the tokens of its temporal group (2 frames per group).
+Qwen's grid (32x32 on Qwen3-VL; after the 2x2 merge); a frame shows the tokens of its temporal group (2 frames per
+group).
 
 - stage1_map: Stage 1's segments and merges. A coloured bar on top of each frame (and a thin frame around it)
   names its temporal segment, one colour per segment; static tokens (merged across the segment's frames) are

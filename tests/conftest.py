@@ -15,7 +15,7 @@ PACK_DIR = Path(__file__).resolve().parent.parent
 torch.set_num_threads(2)
 
 
-FAMILIES = ("qwen2_5_vl", "qwen2_vl")          # every supported family (prunevid.families.FAMILIES)
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")   # every supported family (prunevid.families.FAMILIES)
 
 
 def pytest_generate_tests(metafunc):
@@ -48,10 +48,12 @@ def sample_video():
 
 
 @pytest.fixture(scope="session")
-def clip(sample_video):
-    """8 frames (4 temporal groups) of 224x224-ish: small enough for fast tests, real content."""
+def clip(sample_video, family):
+    """8 frames (4 temporal groups) of 224x224-ish on the family's pixel grid (28 px per token, 32 on Qwen3-VL):
+    small enough for fast tests, real content."""
+    from prunevid.families import family as family_class
     from prunevid.video import load_video
-    return load_video(sample_video, max_frames=8, max_pixels=224 * 224)
+    return load_video(sample_video, max_frames=8, max_pixels=224 * 224, factor=family_class(family).token_factor())
 
 
 def _load_workflow_generator():

@@ -22,12 +22,18 @@ def transformers_inputs(qm, encoded, clip):
 
 
 def our_layout(qm, encoded, ids):
-    """The unpruned positions from our rule, for the same ids (one video)."""
+    """The unpruned positions from our rule, for the same ids (one video): each run of video pads is one of the
+    video's vision blocks (all its groups; on Qwen3-VL one group each), in order."""
     it = encoded.items[0]
-    video = (ids == qm.token_id(qm.pad_token("video"))).nonzero().squeeze(1)
-    first, n = int(video[0]), video.numel()
-    return qm.positions([("text", first), ("vision", it.grid, it.second_per_grid_t),
-                         ("text", ids.numel() - first - n)])
+    pad = ids == qm.token_id(qm.pad_token("video"))
+    runs = torch.diff(pad.long(), prepend=torch.tensor([0]), append=torch.tensor([0]))
+    starts, ends = (runs == 1).nonzero().squeeze(1).tolist(), (runs == -1).nonzero().squeeze(1).tolist()
+    groups = it.grid[0] // len(starts)
+    pieces, cursor = [], 0
+    for s, e in zip(starts, ends):
+        pieces += [("text", s - cursor), ("vision", (groups, *it.grid[1:]), it.second_per_grid_t)]
+        cursor = e
+    return qm.positions(pieces + [("text", ids.numel() - cursor)])
 
 
 def timing_kwargs(qm, encoded, rope_index) -> dict:
@@ -58,6 +64,26 @@ def test_all_stages_off_logits_equal_transformers_forward(qm, clip, baseline):
     assert ours.shape == ref.shape
     assert (ours - ref).abs().max() <= 1e-4
     assert (pf.logits - ref[-1]).abs().max() <= 1e-4
+
+
+def test_extra_streams_reach_the_visual_tokens(qm, clip, baseline):
+    """Where the tower returns per-token streams (Qwen3-VL's DeepStack levels), the equality above depends on them:
+    leaving them out, or shifting them by one token (each level added to its neighbour's hidden state), moves the
+    logits away from transformers' forward."""
+    tokens = baseline.items[0].tokens
+    if not tokens.extras:
+        pytest.skip(f"{qm.display_name}'s vision tower returns no extra streams")
+    ids, pixels, thw = transformers_inputs(qm, baseline, clip)
+    pos, _ = our_layout(qm, baseline, ids)
+    with torch.no_grad():
+        ref = qm.model(input_ids=ids[None], pixel_values_videos=pixels, video_grid_thw=thw,
+                       position_ids=pos[:, None, :]).logits[0, -1]
+    aligned = engine.prefill(baseline, Q, get_baseline_config()).logits
+    assert (aligned - ref).abs().max() <= 1e-4
+    for extras in ([], [e.roll(1, dims=0) for e in tokens.extras]):
+        item = dataclasses.replace(baseline.items[0], tokens=dataclasses.replace(tokens, extras=extras))
+        pf = engine.prefill(dataclasses.replace(baseline, items=[item]), Q, get_baseline_config())
+        assert (pf.logits - ref).abs().max() > 100 * (aligned - ref).abs().max() + 1e-3
 
 
 def test_all_stages_off_greedy_tokens_equal_model_generate(qm, clip, baseline):
@@ -95,6 +121,10 @@ def test_merged_and_kept_tokens_carry_their_representatives_unpruned_positions(q
     n_pre = int(video[0])
     assert torch.equal(seq.positions[:, :n_pre], full[:, :n_pre])
     assert torch.equal(seq.positions[:, seq.query_start - 1 + 1:], full[:, int(video[-1]) + 1:])
+    # every text token (timestamps and per-group wrappers included) keeps its unpruned position
+    text = torch.ones(seq.embeds.shape[0], dtype=torch.bool)
+    text[seq.visual_cols] = False
+    assert torch.equal(seq.positions[:, text], full[:, ids != qm.token_id(qm.pad_token("video"))])
     assert seq.next_position == int(full.max()) + 1 == ids.numel() + delta
     pf = engine.prefill(paper, Q, cfg)
     kept_seq_positions = seq.positions[:, pf.keep_seq]
@@ -122,6 +152,7 @@ def uncached_reference_logits(qm, encoded, question, cfg, pf, new_ids, compresse
         allowed[L:, :L] &= ~dropped
     keep = torch.cat([pf.keep_seq, torch.arange(L, L + G)])
     M = pf.pruning_layer
+    visual = [(seq.visual_cols, torch.arange(seq.visual_cols.numel()))]
     with torch.no_grad():
         rope = qm.rotary(h, pos)
         for i, layer in enumerate(qm.layers):
@@ -131,6 +162,8 @@ def uncached_reference_logits(qm, encoded, question, cfg, pf, new_ids, compresse
             if i == M:
                 h, rope = h[:, keep], tuple(r[..., keep, :] for r in rope)
                 allowed = allowed[keep][:, keep]
+                visual = [(torch.searchsorted(keep, seq.visual_cols[pf.kept_visual]), pf.kept_visual)]
+            h = qm.after_layer(i, h, [seq], visual)       # what the family adds after a layer (DeepStack)
         return qm.model.lm_head(qm.language_model.norm(h))[0, -G - 1:]   # last prompt token + each fed token
 
 
@@ -184,8 +217,9 @@ def test_stage2_scores_the_input_of_layer_m(qm, paper, with_rope):
     pf = engine.prefill(paper, Q, cfg)
     seq = engine.assemble(qm, paper, Q, engine.DEFAULT_SYSTEM_PROMPT)
     with torch.no_grad():
-        hidden = qm.language_model(inputs_embeds=seq.embeds[None], position_ids=seq.positions[:, None],
-                                   output_hidden_states=True, use_cache=False).hidden_states
+        kwargs = {"position_ids": seq.positions[:, None], **qm.language_model_inputs(seq)}
+        hidden = qm.language_model(inputs_embeds=seq.embeds[None], output_hidden_states=True, use_cache=False,
+                                   **kwargs).hidden_states
         rope = qm.score_rope(seq.positions, torch.float32) if with_rope else None
         ref = {m: full_reference(qm.layers[m], hidden[m][0], seq.query_start, seq.visual_cols, "max", rope)
                for m in (M - 1, M, M + 1)}
@@ -231,7 +265,8 @@ def test_no_deprecated_transformers_calls(qm, paper):
 
 def test_token_budget_is_counted_without_the_model(qm, clip, paper):
     assert engine.visual_token_count(clip, type(qm)) == paper.original_tokens
-    images = [clip.frames[0].numpy(), clip.frames[1, :56, :84]]          # numpy and torch, two sizes
+    f = qm.token_factor()                                                # 28 px per token, 32 on Qwen3-VL
+    images = [clip.frames[0].numpy(), clip.frames[1, :2 * f, :3 * f]]    # numpy and torch, two sizes
     encoded = engine.encode(qm, iter(images), get_paper_config())         # any iterable, counted once
     assert engine.visual_token_count(images, type(qm)) == encoded.original_tokens
     with pytest.raises(BudgetError):
@@ -259,3 +294,18 @@ def test_bad_inputs_get_clear_errors(qm, clip, paper, tmp_path):
         loader.load(str(tmp_path / "nope"))
     with pytest.raises(BudgetError, match="max_video_tokens=8"):
         engine.encode(qm, clip, get_paper_config(max_video_tokens=8))
+
+
+def test_frames_read_for_another_grid_are_fitted_to_the_family(qm, sample_video):
+    """A model-independent reader (ComfyUI's video node) sizes frames for 28 px; a Qwen3-VL model needs 32 (and the
+    other way round): encode resizes them to the family's grid and says so."""
+    from prunevid.video import load_video
+    f = qm.token_factor()
+    clip = load_video(sample_video, max_frames=4, max_pixels=224 * 224, factor=60 - f)      # 28 <-> 32
+    assert clip.frames.shape[1] % f or clip.frames.shape[2] % f
+    enc = engine.encode(qm, clip, get_baseline_config())
+    t, h, w = enc.items[0].grid
+    assert enc.items[0].frames.shape[1:3] == (h * f, w * f)
+    assert enc.original_tokens == t * h * w
+    assert abs(h * w * f * f / (clip.frames.shape[1] * clip.frames.shape[2]) - 1) < 0.3      # about the same pixels
+    assert any(f"{f}-px grid" in n for n in enc.notes)

@@ -19,9 +19,10 @@ EVERY_FAMILY = True        # each test runs once per family (conftest.py)
 
 
 @pytest.fixture(scope="module")
-def second_clip():
+def second_clip(qm):
     """4 frames of carphone (2 temporal groups of 5 x 6 tokens): another size and length than `clip`."""
-    return load_video(sample_video_path("carphone_pristine.mp4"), max_frames=4, max_pixels=224 * 224)
+    return load_video(sample_video_path("carphone_pristine.mp4"), max_frames=4, max_pixels=224 * 224,
+                      factor=qm.token_factor())
 
 
 def one_second_per_group(encoded):
@@ -31,17 +32,20 @@ def one_second_per_group(encoded):
 
 
 def layout_from_ids(qm, encoded, ids):
-    """The unpruned positions of a prompt with our rule, from its token ids alone (pads runs = vision blocks)."""
+    """The unpruned positions of a prompt with our rule, from its token ids alone (pads runs = vision blocks; an
+    item laid out in several blocks, one per group on Qwen3-VL, has a run per block)."""
     pad = torch.isin(ids, torch.tensor([qm.token_id(qm.pad_token("video")), qm.token_id(qm.pad_token("image"))]))
-    pieces, i, k = [], 0, 0
+    pieces, i, k, done = [], 0, 0, {}
     while i < ids.numel():
         j = i
         while j < ids.numel() and bool(pad[j]) == bool(pad[i]):
             j += 1
         if pad[i]:
             it = encoded.items[k]
-            pieces.append(("vision", it.grid, it.second_per_grid_t))
-            k += 1
+            runs = sum(p[0] == "vision" for p in qm.block_layout(it.kind, it.grid[0], it.times))
+            pieces.append(("vision", (it.grid[0] // runs, *it.grid[1:]), it.second_per_grid_t))
+            done[k] = done.get(k, 0) + 1
+            k += done[k] == runs
         else:
             pieces.append(("text", j - i))
         i = j
@@ -68,10 +72,15 @@ def two_off(qm, clip, second_clip):
 
 def processor_inputs(processor, clips, question):
     """transformers' own multi-video path: the chat template's two video placeholders expanded by the processor."""
-    messages = [{"role": "user", "content": [{"type": "video"}] * len(clips) + [{"type": "text", "text": question}]}]
+    messages = [{"role": "system", "content": engine.DEFAULT_SYSTEM_PROMPT},    # Qwen3-VL's template adds none
+                {"role": "user", "content": [{"type": "video"}] * len(clips) + [{"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     extra = {"cap_pixels_per_frame": False} if "cap_pixels_per_frame" in str(
         inspect.signature(type(processor.video_processor).__init__)) else {}
+    if hasattr(processor, "_calculate_timestamps"):     # a processor that writes each group's time (Qwen3-VL)
+        extra["video_metadata"] = [{"fps": c.source_fps, "total_num_frames": c.source_frames,
+                                    "frames_indices": [round(t * c.source_fps) for t in c.timestamps]}
+                                   for c in clips]
     return processor(text=[text], videos=[c.frames.numpy() for c in clips], do_resize=False, do_sample_frames=False,
                      return_tensors="pt", **extra)
 
@@ -126,23 +135,34 @@ def test_each_block_keeps_its_unpruned_positions_and_text_follows_its_max(qm, cl
     seq = engine.assemble(qm, enc, Q, engine.DEFAULT_SYSTEM_PROMPT)
     ids = engine.reference_input_ids(qm, enc, Q)
     full, delta = layout_from_ids(qm, enc, ids)
-    blocks = block_ranges(qm, ids)
-    assert len(blocks) == 3
+    runs = block_ranges(qm, ids)                  # a run of pads per vision block (per group on Qwen3-VL)
+    per_item = [sum(p[0] == "vision" for p in qm.block_layout(it.kind, it.grid[0], it.times)) for it in enc.items]
+    assert len(runs) == sum(per_item) >= 3
+    pads, r = [], 0                               # each item's unpruned pad columns, in its tokens' order
+    for k in per_item:
+        pads.append(torch.cat([torch.arange(first, end) for first, end in runs[r:r + k]]))
+        r += k
     offset = 0
-    for (first, end), it in zip(blocks, enc.items):
+    for cols_pad, it in zip(pads, enc.items):
         n = it.tokens.num_tokens
         cols = seq.visual_cols[offset:offset + n]
         # every merged token sits at its representative's unpruned position
-        assert torch.equal(seq.positions[:, cols], full[:, first + it.tokens.rep_index])
-        # the text right after the block starts at the block's max position + 1, on all three axes
-        after = int(cols[-1]) + 1
-        assert seq.positions[:, after].tolist() == [int(full[:, first:end].max()) + 1] * 3
+        assert torch.equal(seq.positions[:, cols], full[:, cols_pad[it.tokens.rep_index]])
         offset += n
+    for first, end in runs:
+        # the text right after a block starts at the block's max position + 1, on all three axes
+        assert full[:, end].tolist() == [int(full[:, first:end].max()) + 1] * 3
+    # and every text token of the pruned prompt keeps its unpruned position
+    text, is_pad = torch.ones(seq.embeds.shape[0], dtype=torch.bool), torch.zeros(ids.numel(), dtype=torch.bool)
+    text[seq.visual_cols] = False
+    for first, end in runs:
+        is_pad[first:end] = True
+    assert torch.equal(seq.positions[:, text], full[:, ~is_pad])
     assert seq.next_position == int(full.max()) + 1 == ids.numel() + delta
 
     pf = stage3.compress(engine.prefill(enc, Q, cfg))
     kept_cols = seq.visual_cols[pf.kept_visual]
-    reps = torch.cat([first + it.tokens.rep_index for (first, _), it in zip(blocks, enc.items)])
+    reps = torch.cat([cols_pad[it.tokens.rep_index] for cols_pad, it in zip(pads, enc.items)])
     assert torch.equal(seq.positions[:, kept_cols], full[:, reps[pf.kept_visual]])
     # Stage 2 selects over all blocks of the prompt, int(n * keep_ratio) of each selection block
     sizes = torch.bincount(seq.blocks)

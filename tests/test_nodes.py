@@ -344,6 +344,8 @@ def test_model_combo_lists_llm_folders_and_hub_ids(env):
     assert TINY in choices and "not-qwen" in choices
     for size in ("3B", "7B", "32B", "72B"):
         assert f"Qwen/Qwen2.5-VL-{size}-Instruct" in choices
+    for size in ("2B", "4B", "8B", "32B"):
+        assert f"Qwen/Qwen3-VL-{size}-Instruct" in choices
     fp = sys.modules["folder_paths"]
     assert str(env.models / "LLM") in fp.get_folder_paths("LLM")
 
@@ -754,6 +756,7 @@ def test_model_tooltip_gives_each_hub_download_size(env):
     assert "approximate" in tooltip
     for size, gb in (("3B", "7.5"), ("7B", "16.6"), ("32B", "67"), ("72B", "147")):
         assert f"{size} ~{gb} GB" in tooltip
+    assert "Qwen3-VL 2B ~4.3 GB, 4B ~8.9 GB, 8B ~17.5 GB, 32B ~66.8 GB" in tooltip
 
 
 def test_offline_hub_model_error_says_where_to_put_the_model(env, tmp_path, monkeypatch):

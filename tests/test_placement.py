@@ -66,7 +66,8 @@ def test_an_offloaded_model_batches_as_the_plain_model(qm, offloaded, clip, pres
     scores every row with layer M's own projections): every row equals the plain model's batch."""
     from prunevid.video import load_video, sample_video_path
     cfg = get_preset(preset)
-    bikes = load_video(sample_video_path("bikes.mp4"), max_frames=6, max_pixels=168 * 168)
+    bikes = load_video(sample_video_path("bikes.mp4"), max_frames=6, max_pixels=168 * 168,
+                       factor=qm.token_factor())
     questions = [Q, "Which way do the bikes go?"]
 
     def run_batch(model):

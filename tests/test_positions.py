@@ -1,4 +1,4 @@
-"""The original 3-D position rule of Qwen2-VL and Qwen2.5-VL, on every transformers version."""
+"""The original 3-D position rule of every family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), on every transformers version."""
 import types
 
 import pytest
@@ -24,6 +24,10 @@ def reference_457(model_type: str, ids, image_grid_thw, video_grid_thw, seconds)
         from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLConfig as Config
         from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel as Model
         timing = {}
+    elif model_type == "qwen3_vl":               # the time is text: get_rope_index takes no seconds
+        from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig as Config
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel as Model
+        timing = {}
     else:
         from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig as Config
         from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel as Model
@@ -32,6 +36,35 @@ def reference_457(model_type: str, ids, image_grid_thw, video_grid_thw, seconds)
     cfg.vision_config.tokens_per_second = 2
     return Model.get_rope_index(types.SimpleNamespace(config=cfg), ids, image_grid_thw=image_grid_thw,
                                 video_grid_thw=video_grid_thw, **timing)
+
+
+def video_block(model_type: str, t: int, h: int, w: int, sec: float) -> list:
+    """A video block of t groups of h x w patches as the family's prompt has it: ("ids", [...]) runs of text ids and
+    ("vision", (t, h/2, w/2), sec) blocks of video pads (92) between <|vision_start|> (90) and <|vision_end|> (93);
+    Qwen3-VL has one block per group, each after a timestamp (three text tokens, 1 here)."""
+    if model_type != "qwen3_vl":
+        return [("ids", [90]), ("vision", (t, h // 2, w // 2), sec), ("ids", [93])]
+    out = []
+    for _ in range(t):
+        out += [("ids", [1, 1, 1, 90]), ("vision", (1, h // 2, w // 2), sec), ("ids", [93])]
+    return out
+
+
+def ids_and_pieces(parts: list) -> tuple:
+    """(ids, our layout pieces) of ("ids", [...]) / ("vision", grid, sec) / ("image", grid) parts."""
+    ids, pieces = [], []
+    for part in parts:
+        if part[0] == "ids":
+            ids += part[1]
+            if pieces and pieces[-1][0] == "text":
+                pieces[-1] = ("text", pieces[-1][1] + len(part[1]))
+            else:
+                pieces.append(("text", len(part[1])))
+        else:
+            (t, h, w), pad = part[1], 92 if part[0] == "vision" else 91
+            ids += [pad] * (t * h * w)
+            pieces.append(("vision", (t, h, w), part[2] if part[0] == "vision" else 0.0))
+    return torch.tensor([ids]), pieces
 
 
 def test_hand_computed_video_layout():
@@ -95,11 +128,10 @@ def test_qwen2_vl_temporal_position_is_the_group_index():
 def test_matches_transformers_457_get_rope_index(model_type):
     for sec in (1.0, 2.0):                               # 4.57 truncates fractional seconds: compare integers
         t, h, w = 6, 4, 6
-        ids = [1] * 7 + [90] + [92] * (t * h * w // 4) + [93] + [1] * 9 + [90] + [91] * (h * w // 4) + [93, 1, 1]
-        ref, ref_delta = reference_457(model_type, torch.tensor([ids]), torch.tensor([[1, h, w]]),
-                                       torch.tensor([[t, h, w]]), [sec])
-        ours, delta = family_positions(model_type, [("text", 8), ("vision", (t, h // 2, w // 2), sec), ("text", 11),
-                                                    ("vision", (1, h // 2, w // 2), 0.0), ("text", 3)])
+        ids, pieces = ids_and_pieces([("ids", [1] * 7), *video_block(model_type, t, h, w, sec), ("ids", [1] * 9 + [90]),
+                                      ("image", (1, h // 2, w // 2)), ("ids", [93, 1, 1])])
+        ref, ref_delta = reference_457(model_type, ids, torch.tensor([[1, h, w]]), torch.tensor([[t, h, w]]), [sec])
+        ours, delta = family_positions(model_type, pieces)
         assert torch.equal(ours, ref[:, 0])
         assert delta == int(ref_delta)
 
@@ -111,24 +143,33 @@ def test_several_videos_and_an_image_match_transformers_457_get_rope_index(model
     """Each block at its own positions, the text between and after continuing from the previous block's max + 1;
     here the second video's timeline is longer than its width (for Qwen2-VL too: 10 groups), where 5.x would go
     wrong."""
-    videos, image = [(4, 6, 8, 1.0), (10, 4, 4, 2.0)], (1, 6, 4)
-    ids = [1] * 5
-    for t, h, w, _ in videos:
-        ids += [90] + [92] * (t * h * w // 4) + [93]
-    ids += [1] * 3 + [90] + [91] * (image[1] * image[2] // 4) + [93] + [1] * 6
-    ref, ref_delta = reference_457(model_type, torch.tensor([ids]), torch.tensor([image]),
+    ids, pieces, videos, image = two_videos_and_an_image(model_type)
+    ref, ref_delta = reference_457(model_type, ids, torch.tensor([image]),
                                    torch.tensor([v[:3] for v in videos]), [v[3] for v in videos])
-    pieces = [("text", 6), ("vision", (4, 3, 4), 1.0), ("text", 2), ("vision", (10, 2, 2), 2.0), ("text", 5),
-              ("vision", (1, 3, 2), 0.0), ("text", 7)]
     ours, delta = family_positions(model_type, pieces)
     assert torch.equal(ours, ref[:, 0])
     assert delta == int(ref_delta)
-    second = 6 + 48 + 2        # the second video's first token: the text before it ends at the first's max + 1
-    assert int(ours[0, second - 1]) == int(ours[:, 6:54].max()) + 2
+    # every vision block's first token: the text before it ends at the previous block's max + 1
+    starts = (ids[0] == 92).nonzero().squeeze(1)
+    starts = starts[torch.cat([torch.tensor([True]), starts[1:] - starts[:-1] > 1])]
+    for s in starts[1:].tolist():
+        assert int(ours[0, s - 1]) == int(ours[:, :s - 1].max()) + 1
+
+
+def two_videos_and_an_image(model_type: str) -> tuple:
+    """(ids, pieces, videos, image): two videos whose timelines are longer than their width (for Qwen2-VL too: 10
+    groups), then an image, in the family's layout."""
+    videos, image = [(4, 6, 8, 1.0), (10, 4, 4, 2.0)], (1, 6, 4)
+    parts = [("ids", [1] * 5)]
+    for t, h, w, sec in videos:
+        parts += [*video_block(model_type, t, h, w, sec), ("ids", [1, 1])]
+    parts += [("ids", [1, 90]), ("image", (1, image[1] // 2, image[2] // 2)), ("ids", [93] + [1] * 6)]
+    ids, pieces = ids_and_pieces(parts)
+    return ids, pieces, videos, image
 
 
 @pytest.mark.skipif(transformers.__version__.startswith("4."), reason="the 5.x rule is what differs")
-@pytest.mark.parametrize("model_type", list(FAMILIES))
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen2_vl"])
 def test_transformers_5_places_text_after_a_long_video_inside_its_timeline(model_type):
     """What the engine does not inherit: 5.x starts the text after a video at start + max(h, w), whatever the
     temporal extent, so on a clip with more groups than rows the question lands among the video's positions."""
@@ -153,3 +194,42 @@ def test_transformers_5_places_text_after_a_long_video_inside_its_timeline(model
     video_max = int(ours[:, 5:after].max())
     assert int(ours[0, after]) == video_max + 1          # ours: after the whole timeline
     assert int(theirs[0, 0, after]) == 5 + max(h, w) // 2 < video_max   # 5.x: inside it
+
+
+@pytest.mark.skipif(transformers.__version__.startswith("4."), reason="5.x's own get_rope_index")
+def test_qwen3_vl_transformers_5_agrees_with_the_original_rule():
+    """Qwen3-VL lays every group out as its own one-group block (temporal = start), which ends at start + max(h, w)
+    - 1: 5.x's "advance by max(h, w)" is then the original "max + 1", so 4.57, 5.x and ours agree (the Qwen2-VL
+    difference above cannot arise)."""
+    from transformers import AutoConfig
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel
+    config = AutoConfig.for_model("qwen3_vl", vision_start_token_id=90, image_token_id=91, video_token_id=92)
+    fake = types.SimpleNamespace(config=config)
+    fake.get_vision_position_ids = types.MethodType(Qwen3VLModel.get_vision_position_ids, fake)
+    ids, pieces, videos, image = two_videos_and_an_image("qwen3_vl")
+    types_ = (ids == 92).long() * 2 + (ids == 91).long()
+    theirs, their_delta = Qwen3VLModel.get_rope_index(fake, ids, types_, image_grid_thw=torch.tensor([image]),
+                                                      video_grid_thw=torch.tensor([v[:3] for v in videos]))
+    ours, delta = family_positions("qwen3_vl", pieces)
+    assert torch.equal(ours, theirs[:, 0]) and delta == int(their_delta)
+    video = (ids[0] == 92).nonzero().squeeze(1)
+    assert ours[0, video[:12]].unique().numel() == 1          # a group's tokens share one temporal position
+
+
+def test_qwen3_vl_interleaved_mrope_tables_match_its_rotary_module():
+    """Stage 2's tables with RoPE equal what Qwen3-VL's rotary module gives its attention (T H W T H W ... T T)."""
+    from transformers import AutoConfig
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding
+    section = [4, 2, 2]
+    rope = {"rope_type": "default", "mrope_section": section, "mrope_interleaved": True, "rope_theta": 5e6}
+    kw = {"rope_parameters": rope} if not transformers.__version__.startswith("4.") else {
+        "rope_scaling": {k: v for k, v in rope.items() if k != "rope_theta"}, "rope_theta": 5e6}
+    cfg = AutoConfig.for_model("qwen3_vl", text_config={"hidden_size": 64, "num_attention_heads": 4,
+                                                        "head_dim": 16, **kw}).text_config
+    module = Qwen3VLTextRotaryEmbedding(cfg)
+    positions = torch.tensor([[5, 6, 40], [7, 8, 3], [9, 10, 1]])
+    cos, sin = module(torch.zeros(1, 3, 16), positions[:, None, :])
+    ours = P.mrope_cos_sin_interleaved(positions, module.inv_freq, section, torch.float32)
+    assert torch.allclose(ours[0], cos[0], atol=1e-6) and torch.allclose(ours[1], sin[0], atol=1e-6)
+    chunked = P.mrope_cos_sin(positions, module.inv_freq, section, torch.float32)
+    assert not torch.allclose(chunked[0], cos[0], atol=1e-3)   # the chunked layout would score the wrong thing

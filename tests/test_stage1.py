@@ -143,3 +143,26 @@ def test_stage1_is_deterministic():
     a = stage1.merge_video(feats, 0.8, 0.5, 0.25, 5)
     b = stage1.merge_video(feats.clone(), 0.8, 0.5, 0.25, 5)
     assert torch.equal(a.embeds, b.embeds) and torch.equal(a.rep_index, b.rep_index)
+
+
+def test_extra_streams_are_merged_with_the_main_tokens_clusters():
+    """DeepStack levels ride along: the same segments, static locations, clusters and averaging as the main tokens
+    (a level that is an affine copy of the tokens merges to the same copy of the merged tokens, and a level of
+    each token's own index merges to the mean index of exactly the members each merged token stands for); the main
+    tokens are byte-identical to a merge without levels."""
+    g = torch.Generator().manual_seed(3)
+    scenes = torch.randn(2, 1, 20, 16, generator=g).repeat_interleave(3, dim=0)[:, 0]   # two scenes of 3 groups
+    feats = scenes + 0.01 * torch.randn(6, 20, 16, generator=g)
+    feats[:, 15:] = torch.randn(6, 5, 16, generator=g)                # 5 locations change in every group
+    index = torch.arange(6 * 20, dtype=torch.float32).view(6, 20, 1)
+    plain = stage1.merge_video(feats, 0.5, 0.5, 0.5, 3)
+    both = stage1.merge_video(feats, 0.5, 0.5, 0.5, 3, extras=[3 * feats + 1, index])
+    assert torch.equal(both.embeds, plain.embeds) and torch.equal(both.members, plain.members)
+    assert both.is_static.any() and len(both.extras) == 2
+    assert torch.allclose(both.extras[0], 3 * both.embeds + 1, atol=1e-5)
+    for m in range(both.num_tokens):
+        members = (both.members == m).nonzero().squeeze(1).float()
+        if not both.is_static[m]:            # a dynamic token averages its members' own values
+            assert torch.allclose(both.extras[1][m], members.mean(), atol=1e-3)
+    off = stage1.unmerged(feats, extras=[index])
+    assert torch.equal(off.extras[0][:, 0], torch.arange(120, dtype=torch.float32))

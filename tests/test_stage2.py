@@ -28,8 +28,11 @@ def full_reference(layer, hidden, query_start, video_cols, aggregation, rope):
     a = layer.self_attn
     x = layer.input_layernorm(hidden[None])[0]
     L, hd = x.shape[0], a.head_dim
-    q = a.q_proj(x).view(L, -1, hd).transpose(0, 1)
-    k = a.k_proj(x).view(L, -1, hd).transpose(0, 1)
+    q = a.q_proj(x).view(L, -1, hd)
+    k = a.k_proj(x).view(L, -1, hd)
+    if hasattr(a, "q_norm"):                   # Qwen3's attention normalises q and k per head before RoPE
+        q, k = a.q_norm(q), a.k_norm(k)
+    q, k = q.transpose(0, 1), k.transpose(0, 1)
     if rope is not None:
         q, k = P.rotate(q, *rope), P.rotate(k, *rope)
     k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)

@@ -1,5 +1,6 @@
 """The analytic FLOPs model of a prefill: vision tower + merger, and the LLM before and after pruning, for the bench
-model and the released shapes of its family (Qwen2.5-VL 3B / 7B / 32B, Qwen2-VL 2B / 7B / 72B).
+model and the released shapes of its family (Qwen2.5-VL 3B / 7B / 32B, Qwen2-VL 2B / 7B / 72B, Qwen3-VL 2B / 4B / 8B /
+32B).
 """
 from __future__ import annotations
 
@@ -8,18 +9,22 @@ from __future__ import annotations
 # windowed attention but in 4 blocks; Qwen2-VL's plain MLP (4x) with full attention in every block.
 QWEN25VL_VISION = dict(hidden=1280, intermediate=3420, depth=32, fullatt=[7, 15, 23, 31], window=112, gated=True)
 QWEN2VL_VISION = dict(hidden=1280, intermediate=5120, depth=32, fullatt=list(range(32)), window=112, gated=False)
-RELEASED_VISION = {"qwen2_5_vl": QWEN25VL_VISION, "qwen2_vl": QWEN2VL_VISION}
+# Qwen3-VL (2B..32B share it): 27 blocks of width 1152, plain MLP 4304, full attention, 16-px patches, and the
+# main merger plus three DeepStack mergers (after blocks 8, 16, 24), each 4w -> 4w -> out on every merged token.
+QWEN3VL_VISION = dict(hidden=1152, intermediate=4304, depth=27, fullatt=list(range(27)), window=112, gated=False,
+                      patch=16, mergers=4)
+RELEASED_VISION = {"qwen2_5_vl": QWEN25VL_VISION, "qwen2_vl": QWEN2VL_VISION, "qwen3_vl": QWEN3VL_VISION}
 PAPER_FLOPS = (0.20, 0.26)          # PruneVid's reported FLOPs ratios (LLaVA-OneVision .. ST-LLM)
 
 
 def vision_flops(t: int, gh: int, gw: int, hidden: int, intermediate: int, depth: int, fullatt, out_hidden: int,
                  window: int = 112, gated: bool = True, patch: int = 14, merge: int = 2, temporal_patch: int = 2,
-                 channels: int = 3) -> float:
+                 channels: int = 3, mergers: int = 1) -> float:
     """FLOPs (multiply-add = 2) of a Qwen vision tower + merger on t temporal groups of gh x gw patches.
 
     Patch embedding, per block qkv + proj (4 w^2) and the MLP (gated: 3 w w_ff; plain: 2 w w_ff) on every patch,
     attention (QK^T and AV, 4 w per key) inside 112-px windows or, in the full-attention blocks, over each temporal
-    group, and the 2x2 merger MLP (4w -> 4w -> out).
+    group, and the 2x2 merger MLP (4w -> 4w -> out), `mergers` times (Qwen3-VL: the main one and three DeepStack).
     """
     P = t * gh * gw
     flops = 2 * P * channels * temporal_patch * patch * patch * hidden
@@ -31,7 +36,7 @@ def vision_flops(t: int, gh: int, gw: int, hidden: int, intermediate: int, depth
     flops += (depth - nfull) * t * 4 * hidden * window_sq
     flops += nfull * t * 4 * hidden * (gh * gw) ** 2
     m = merge * merge * hidden
-    flops += 2 * (P // (merge * merge)) * (m * m + m * out_hidden)
+    flops += mergers * 2 * (P // (merge * merge)) * (m * m + m * out_hidden)
     return float(flops)
 
 
@@ -47,6 +52,10 @@ def bench_dims(qm) -> dict:
     if qm.model_type == "qwen2_vl":               # embed_dim wide, a plain MLP, full attention in every block
         vision = dict(hidden=vc.embed_dim, intermediate=vc.embed_dim * vc.mlp_ratio, depth=vc.depth,
                       fullatt=list(range(vc.depth)), window=112, gated=False)
+    elif qm.model_type == "qwen3_vl":             # a plain MLP, full attention, 16-px patches, DeepStack mergers
+        vision = dict(hidden=vc.hidden_size, intermediate=vc.intermediate_size, depth=vc.depth,
+                      fullatt=list(range(vc.depth)), window=112, gated=False, patch=vc.patch_size,
+                      mergers=1 + len(vc.deepstack_visual_indexes))
     else:
         vision = dict(hidden=vc.hidden_size, intermediate=vc.intermediate_size, depth=vc.depth,
                       fullatt=list(getattr(vc, "fullatt_block_indexes", []) or []),

@@ -3,6 +3,8 @@
     base.py         VideoLLM: the loaded checkpoint and the hooks every family answers
     qwen2_vl.py     Qwen2-VL: temporal position = group index
     qwen2_5_vl.py   Qwen2.5-VL = Qwen2-VL + timed temporal positions
+    qwen3_vl.py     Qwen3-VL = Qwen2-VL + 16-px patches, per-group timestamped blocks, interleaved M-RoPE,
+                    q/k norm, DeepStack
 
 A checkpoint's family is chosen from config.json's model_type.
 """
@@ -12,8 +14,9 @@ from ..errors import ModelError
 from .base import VideoLLM
 from .qwen2_5_vl import Qwen25VL
 from .qwen2_vl import Qwen2VL
+from .qwen3_vl import Qwen3VL
 
-FAMILIES = {cls.model_type: cls for cls in (Qwen25VL, Qwen2VL)}     # model_type -> family; the default first
+FAMILIES = {cls.model_type: cls for cls in (Qwen25VL, Qwen2VL, Qwen3VL)}     # model_type -> family; the default first
 DEFAULT = Qwen25VL
 
 
@@ -35,4 +38,4 @@ def for_hub_id(hub_id: str) -> type[VideoLLM] | None:
     return next((cls for cls in FAMILIES.values() if hub_id in cls.hub_ids), None)
 
 
-__all__ = ["FAMILIES", "DEFAULT", "VideoLLM", "Qwen2VL", "Qwen25VL", "family", "for_hub_id", "supported"]
+__all__ = ["FAMILIES", "DEFAULT", "VideoLLM", "Qwen2VL", "Qwen25VL", "Qwen3VL", "family", "for_hub_id", "supported"]

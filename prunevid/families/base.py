@@ -8,12 +8,15 @@ the stats and the nodes only ever talk to these hooks, never to a model's module
 The hooks, in the order a prompt meets them:
     visual_tokens()            frames -> LLM tokens, before any weight is loaded (the token budget)
     patches(), vision_features()   frames -> the tower's input -> LLM tokens per temporal group
-    seconds_per_group()        the time one temporal group spans at the sampled fps
+    visual_streams()           the tokens plus any per-token streams that travel with them (DeepStack levels)
+    seconds_per_group(), group_times()   the time one temporal group spans; each group's time in the video
     chat_pieces(), pad_token() the chat template as text around the visual blocks
+    block_layout()             a visual block's inside: one vision piece, or per-group text and vision pieces
     positions()                the unpruned positions of a prompt (and decoding's offset)
     embed(), rotary()          token embeddings and the decoder layers' rotary tables
     attention_qk()             the q and k a layer computes, for Stage 2's scoring
     decoder_layer(), logits()  one layer with the KV cache; the final norm and head
+    after_layer()              what the model adds to the hidden states after a layer (none; Qwen3-VL: DeepStack)
     keep_in_dtype, llm_of()    what 8/4-bit quantisation leaves alone, and where the decoder layers are
 """
 from __future__ import annotations
@@ -64,6 +67,36 @@ class VideoLLM:
         one frame, and a frame count that is not a multiple of the temporal patch is padded, as the processor does."""
         f = cls.token_factor()
         return -(-frames // cls.temporal_patch_size) * (height // f) * (width // f)
+
+    # ---- the visual blocks: what every family shares unless it says otherwise
+
+    def visual_streams(self, pixel_values: torch.Tensor, grid_thw: tuple) -> tuple:
+        """(tokens [t, h*w, D], [extra per-token streams [t, h*w, D_i]]): the vision tower's LLM tokens and what
+        travels with each of them through Stage 1 and Stage 2 (nothing here; Qwen3-VL's DeepStack levels)."""
+        return self.vision_features(pixel_values, grid_thw), []
+
+    def group_times(self, clip) -> list:
+        """Seconds of each temporal group in the source video: the mean of its first and last frame's time (a
+        frame count that is not a multiple of the temporal patch repeats its last frame), as Qwen's processors."""
+        ts, tp = list(clip.timestamps), self.temporal_patch_size
+        ts += ts[-1:] * (-len(ts) % tp)
+        return [(ts[i] + ts[i + tp - 1]) / 2 for i in range(0, len(ts), tp)]
+
+    def block_layout(self, kind: str, groups: int, times: list | None) -> list:
+        """The inside of one visual block of `groups` temporal groups, between its chat pieces: ("text", str) and
+        ("vision", first group, end group) pieces. One vision piece holding every group, by default."""
+        return [("vision", 0, groups)]
+
+    def after_layer(self, index: int, hidden: torch.Tensor, seqs: list, visual: list) -> torch.Tensor:
+        """Hidden states [B, n, D] after decoder layer `index`, with whatever the model adds there. visual[b] is
+        (columns of row b's visual tokens in hidden, their indices into seqs[b]'s merged tokens). Nothing here."""
+        return hidden
+
+    def language_model_inputs(self, seq) -> dict:
+        """Arguments for transformers' own language model forward on an assembled prompt (batch 1) beyond
+        inputs_embeds and position_ids [3, 1, L], so a reference run sees what the engine's loop adds (Qwen3-VL:
+        its position ids with a text row, visual_pos_masks and the DeepStack levels)."""
+        return {}
 
     # ---- the loaded model
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
-from .tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, tokenizer_config, train_tokenizer
+from .tokenizer import QWEN3_ADDED_TOKENS, SPECIAL_TOKENS, chat_template, tokenizer_config, train_tokenizer
 
 MARKER = ".prunevid-tiny-model"   # written into every tiny model; overwrite=True deletes only folders that hold it
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -34,6 +34,13 @@ def _round_up(n: int, k: int) -> int:
 
 def _vision_config(family: str, p: dict) -> dict:
     """The vision_config of each family's hub repos, scaled down."""
+    if family == "qwen3_vl":                     # 16-px patches, learned 2-D position grid, DeepStack mergers
+        depth = max(3, p["vision_depth"])
+        return {"model_type": "qwen3_vl", "depth": depth, "hidden_size": p["vision_hidden_size"],
+                "hidden_act": "gelu_pytorch_tanh", "intermediate_size": p["vision_intermediate_size"],
+                "num_heads": p["vision_num_heads"], "in_channels": 3, "patch_size": 16, "spatial_merge_size": 2,
+                "temporal_patch_size": 2, "out_hidden_size": p["hidden_size"], "num_position_embeddings": 64,
+                "deepstack_visual_indexes": [0, 1, 2], "initializer_range": 0.02}
     if family == "qwen2_vl":                     # full attention in every block; hidden_size is the merger's output
         return {"depth": p["vision_depth"], "embed_dim": p["vision_hidden_size"], "hidden_size": p["hidden_size"],
                 "hidden_act": "quick_gelu", "mlp_ratio": p["vision_intermediate_size"] // p["vision_hidden_size"],
@@ -60,6 +67,35 @@ def _vision_config(family: str, p: dict) -> dict:
     }
 
 
+def _qwen3_vl_config(p: dict, ids: dict, vocab_size: int) -> dict:
+    """The nested config.json of the Qwen/Qwen3-VL-*-Instruct repos (text_config with the legacy rope_scaling form
+    and mrope_interleaved, which 4.57 reads and 5.x converts), scaled down; three DeepStack levels, as released."""
+    head_dim = p["hidden_size"] // p["num_attention_heads"]
+    half = head_dim // 2
+    hw = half // 4
+    mrope = [half - 2 * hw, hw, hw]              # Qwen's [24, 20, 20] of 64 scaled down: [4, 2, 2] of 8
+    return {
+        "architectures": ["Qwen3VLForConditionalGeneration"],
+        "model_type": "qwen3_vl",
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "tie_word_embeddings": False,
+        "text_config": {
+            "model_type": "qwen3_vl_text", "attention_bias": False, "attention_dropout": 0.0,
+            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "dtype": "float32",
+            "head_dim": head_dim, "hidden_act": "silu", "hidden_size": p["hidden_size"], "initializer_range": 0.02,
+            "intermediate_size": p["intermediate_size"], "max_position_embeddings": 262144,
+            "num_attention_heads": p["num_attention_heads"], "num_hidden_layers": p["num_hidden_layers"],
+            "num_key_value_heads": p["num_key_value_heads"], "rms_norm_eps": 1e-06,
+            "rope_scaling": {"mrope_interleaved": True, "mrope_section": mrope, "rope_type": "default"},
+            "rope_theta": 5000000, "tie_word_embeddings": False, "use_cache": True, "vocab_size": vocab_size},
+        "dtype": "float32",
+        "vision_config": _vision_config("qwen3_vl", p),
+    }
+
+
 def _config(family: str, p: dict, ids: dict, vocab_size: int) -> dict:
     """The flat config.json layout of the Qwen2-VL / Qwen2.5-VL hub repos, which 4.57 and 5.x both parse to the same
     model.
@@ -68,7 +104,10 @@ def _config(family: str, p: dict, ids: dict, vocab_size: int) -> dict:
     only that form, 5.x converts it to `rope_parameters` (rope_type "default", mrope_section kept). The nested
     text_config with rope_parameters that 5.x's save_pretrained writes leaves 4.57 with rope_scaling None, and
     4.57's attention then fails on rope_scaling["mrope_section"]. Both versions read "dtype" (the newer name).
+    Qwen3-VL's repos are nested (_qwen3_vl_config).
     """
+    if family == "qwen3_vl":
+        return _qwen3_vl_config(p, ids, vocab_size)
     head_dim = p["hidden_size"] // p["num_attention_heads"]
     half = head_dim // 2
     hw = (half - half // 4) // 2
@@ -115,8 +154,11 @@ def _weight_shapes(config: dict) -> dict:
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
-def _hub_name(name: str) -> str:
-    """transformers' module path -> the name in the hub checkpoints (model.visual.* -> visual.*, etc.)."""
+def _hub_name(name: str, family: str = "qwen2_5_vl") -> str:
+    """transformers' module path -> the name in the hub checkpoints (model.visual.* -> visual.*, etc.; Qwen3-VL's
+    repos use transformers' names)."""
+    if family == "qwen3_vl":
+        return name
     if name.startswith("model.visual."):
         return name[len("model."):]
     if name.startswith("model.language_model."):
@@ -177,29 +219,42 @@ def build_tiny_model(path, *, family="qwen2_5_vl", num_hidden_layers=28, hidden_
              vision_depth=vision_depth, vision_hidden_size=vision_hidden_size,
              vision_intermediate_size=vision_intermediate_size, vision_num_heads=vision_num_heads)
 
-    tok = train_tokenizer()
-    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    added = tuple(QWEN3_ADDED_TOKENS) if family == "qwen3_vl" else ()
+    tok = train_tokenizer(added)
+    ids = {t: tok.token_to_id(t) for t in [*SPECIAL_TOKENS, *added]}
     vocab_size = _round_up(tok.get_vocab_size(with_added_tokens=True), 64) + vocab_extra
     config = _config(family, p, ids, vocab_size)
 
-    weights = _random_weights({_hub_name(k): v for k, v in _weight_shapes(config).items()}, seed)
+    weights = _random_weights({_hub_name(k, family): v for k, v in _weight_shapes(config).items()}, seed)
     save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
     _write_json(path / "config.json", config)
     _write_json(path / "generation_config.json", {
         "bos_token_id": ids["<|endoftext|>"], "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
         "pad_token_id": ids["<|endoftext|>"], "do_sample": False})
     tok.save(str(path / "tokenizer.json"))
-    _write_json(path / "tokenizer_config.json", tokenizer_config(ids))
-    _write_json(path / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
+    _write_json(path / "tokenizer_config.json", tokenizer_config(ids, added, chat_template(family)))
+    _write_json(path / "chat_template.json", {"chat_template": chat_template(family)})
     # "...Fast": 4.57 loads the fast class anyway and warns when the file names the slow one; 5.x maps both
     # names to its one Qwen2VLImageProcessor. No video_preprocessor_config.json: like the hub repos, both versions
     # build the video processor from this file.
-    _write_json(path / "preprocessor_config.json", {
-        "image_processor_type": "Qwen2VLImageProcessorFast",
-        "processor_class": "Qwen2VLProcessor" if family == "qwen2_vl" else "Qwen2_5_VLProcessor",
-        "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
-        "rescale_factor": 1 / 255, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
-        "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2})
+    if family == "qwen3_vl":                     # as the Qwen3-VL repos: mean/std 0.5, 16-px patches, a video file
+        processor = {"processor_class": "Qwen3VLProcessor", "do_convert_rgb": True, "do_normalize": True,
+                     "do_rescale": True, "do_resize": True, "rescale_factor": 1 / 255, "image_mean": [0.5] * 3,
+                     "image_std": [0.5] * 3, "patch_size": 16, "temporal_patch_size": 2, "merge_size": 2}
+        _write_json(path / "preprocessor_config.json", {
+            **processor, "image_processor_type": "Qwen2VLImageProcessorFast",
+            "size": {"longest_edge": 16777216, "shortest_edge": 65536}})
+        _write_json(path / "video_preprocessor_config.json", {
+            **processor, "video_processor_type": "Qwen3VLVideoProcessor",
+            "size": {"longest_edge": 25165824, "shortest_edge": 4096}, "fps": 2, "min_frames": 4,
+            "max_frames": 768, "do_sample_frames": True})
+    else:
+        _write_json(path / "preprocessor_config.json", {
+            "image_processor_type": "Qwen2VLImageProcessorFast",
+            "processor_class": "Qwen2VLProcessor" if family == "qwen2_vl" else "Qwen2_5_VLProcessor",
+            "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+            "rescale_factor": 1 / 255, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
+            "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2})
     (path / MARKER).write_text(f"a random {cls.display_name} written by prunevid.testing.build_tiny_model\n")
     for f in path.iterdir():
         f.chmod(0o644)                                   # safetensors writes 0600; keep the folder shareable

@@ -6,6 +6,9 @@ from __future__ import annotations
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+# Qwen3's tokenizer adds these as plain (not special) added tokens after Qwen2's special ones: the Thinking models
+# write <think> ... </think>, and the chat template's tool calls use the others
+QWEN3_ADDED_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
 BPE_VOCAB = 1000            # trained byte-level BPE tokens; the special tokens follow them, as in Qwen's vocab
 # Qwen2's pre-tokenizer split; 5.x's Qwen2Tokenizer rebuilds its pipeline with this regex whatever tokenizer.json
 # says, so tokenizer.json must use it too for both versions to tokenize alike.
@@ -100,8 +103,9 @@ def _corpus() -> str:
     return "\n".join(lines) + "\n"
 
 
-def train_tokenizer():
-    """Byte-level BPE trained on _corpus(), with Qwen2's normalizer / pre-tokenizer / decoder and special tokens."""
+def train_tokenizer(added: tuple = ()):
+    """Byte-level BPE trained on _corpus(), with Qwen2's normalizer / pre-tokenizer / decoder and special tokens,
+    then `added` as plain added tokens (Qwen3's QWEN3_ADDED_TOKENS)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -113,22 +117,32 @@ def train_tokenizer():
                                   show_progress=False)
     tok.train_from_iterator(_corpus().splitlines(keepends=True), trainer=trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    if added:
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
     return tok
 
 
-def tokenizer_config(ids: dict) -> dict:
+def chat_template(family: str) -> str:
+    """Qwen2-VL's and Qwen2.5-VL's template; Qwen3-VL's adds no default system message."""
+    if family == "qwen3_vl":
+        return CHAT_TEMPLATE.replace("{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}", "")
+    return CHAT_TEMPLATE
+
+
+def tokenizer_config(ids: dict, added: tuple = (), template: str = CHAT_TEMPLATE) -> dict:
     return {
         "tokenizer_class": "Qwen2Tokenizer",
         "add_bos_token": False,
         "add_prefix_space": False,
         "added_tokens_decoder": {str(ids[t]): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                                               "single_word": False, "special": True} for t in SPECIAL_TOKENS},
+                                               "single_word": False, "special": t in SPECIAL_TOKENS}
+                                 for t in [*SPECIAL_TOKENS, *added]},
         "additional_special_tokens": SPECIAL_TOKENS[1:],
         "bos_token": None,
         "eos_token": "<|im_end|>",
         "pad_token": "<|endoftext|>",
         "unk_token": None,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": template,
         "clean_up_tokenization_spaces": False,
         "errors": "replace",
         "model_max_length": 131072,
