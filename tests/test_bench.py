@@ -75,6 +75,12 @@ def test_analytic_flops_model():
     r = flops.analytic(flops.real_dims()["Qwen2.5-VL-7B"], (16, 24, 42), seq, 10)
     assert b["llm_flops_ratio"] == pytest.approx(r["llm_flops_ratio"], rel=1e-9)
     assert 0.22 < r["vision_share"] < 0.32
+    # a released shape of another depth (the 3B: 36 layers) prunes after the same layer M = 10, not a scaled one
+    three = flops.real_dims()["Qwen2.5-VL-3B"]
+    L, d, d_kv, d_ff = (three[k] for k in ("layers", "d", "d_kv", "d_ff"))
+    got = flops.analytic(three, (16, 24, 42), seq, 10)["llm_flops_ratio"]
+    assert L == 36 and got == pytest.approx(flops.llm_flops(L, d, d_kv, d_ff, 1800, 750, 10)
+                                            / flops.llm_flops(L, d, d_kv, d_ff, 4000, 4000, -1))
 
 
 def test_cli_entry_point(capsys):

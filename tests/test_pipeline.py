@@ -34,6 +34,15 @@ def test_paper_preset_on_bigbuckbunny_reports_consistent_stats(paper_model, samp
     assert t["time_to_first_token_s"] == pytest.approx(
         t["vision_s"] + t["stage1_s"] + t["prefill_s"] + t["decode_first_token_s"])
     assert 0 < s["flops"]["Qwen2.5-VL-7B_ratio"] < 1
+    # every released shape prunes after the same layer M, whatever its depth (docs/method.md, presets across depths)
+    tok = s["tokens"]
+    seq = (tok["sequence_unpruned"], tok["sequence_after_stage1"], tok["sequence_after_stage2"])
+    from prunevid import stats
+    from prunevid.families import Qwen25VL
+    M = s["stage2"]["pruning_layer"]
+    assert {Qwen25VL.flops_shapes[n][0] for n in Qwen25VL.flops_shapes} != {28}        # depths other than 28 exist
+    for name, (layers, d, d_kv, d_ff) in Qwen25VL.flops_shapes.items():
+        assert s["flops"][f"{name}_ratio"] == pytest.approx(stats.flops_ratio(layers, d, d_kv, d_ff, *seq, M))
 
 
 def test_baseline_keeps_every_token(tiny_model_dir, sample_video):

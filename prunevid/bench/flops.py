@@ -70,17 +70,18 @@ def real_dims(family: str = "qwen2_5_vl") -> dict:
             for name, (L, d, dkv, dff) in FAMILIES[family].flops_shapes.items()}
 
 
-def analytic(dims: dict, patch_grid: tuple, seq: dict, pruning_layer: int, ref_layers: int = 28) -> dict:
+def analytic(dims: dict, patch_grid: tuple, seq: dict, pruning_layer: int) -> dict:
     """Vision share of baseline prefill, LLM FLOPs ratio and the TTFT bound for one model shape and token counts.
 
     patch_grid: (t, gh, gw) in patches. seq: sequence_unpruned / after_stage1 / after_stage2 lengths.
-    pruning_layer is the measured model's (of ref_layers layers); other depths keep its relative depth.
+    pruning_layer: M, the same absolute layer index on every depth, as the engine applies a preset (docs/method.md,
+    "Presets across depths").
     """
     L = dims["layers"]
     v = vision_flops(*patch_grid, **dims["vision"], out_hidden=dims["d"])
     base = llm_flops(L, dims["d"], dims["d_kv"], dims["d_ff"], seq["unpruned"], seq["unpruned"], -1)
     pruned = pruning_layer >= 0 and seq["after_stage2"] < seq["after_stage1"]
-    M = round(pruning_layer * L / ref_layers) if pruned else -1
+    M = pruning_layer if pruned else -1
     ours = llm_flops(L, dims["d"], dims["d_kv"], dims["d_ff"], seq["after_stage1"], seq["after_stage2"], M)
     return {"vision_gflops": v / 1e9, "llm_gflops_baseline": base / 1e9, "llm_gflops": ours / 1e9,
             "vision_share": v / (v + base), "llm_flops_ratio": ours / base,

@@ -35,12 +35,12 @@ def _round_up(n: int, k: int) -> int:
 def _vision_config(family: str, p: dict) -> dict:
     """The vision_config of each family's hub repos, scaled down."""
     if family == "qwen3_vl":                     # 16-px patches, learned 2-D position grid, DeepStack mergers
-        depth = max(3, p["vision_depth"])
+        depth = max(1 + max(p["deepstack_visual_indexes"]), p["vision_depth"])
         return {"model_type": "qwen3_vl", "depth": depth, "hidden_size": p["vision_hidden_size"],
                 "hidden_act": "gelu_pytorch_tanh", "intermediate_size": p["vision_intermediate_size"],
                 "num_heads": p["vision_num_heads"], "in_channels": 3, "patch_size": 16, "spatial_merge_size": 2,
                 "temporal_patch_size": 2, "out_hidden_size": p["hidden_size"], "num_position_embeddings": 64,
-                "deepstack_visual_indexes": [0, 1, 2], "initializer_range": 0.02}
+                "deepstack_visual_indexes": p["deepstack_visual_indexes"], "initializer_range": 0.02}
     if family == "qwen2_vl":                     # full attention in every block; hidden_size is the merger's output
         return {"depth": p["vision_depth"], "embed_dim": p["vision_hidden_size"], "hidden_size": p["hidden_size"],
                 "hidden_act": "quick_gelu", "mlp_ratio": p["vision_intermediate_size"] // p["vision_hidden_size"],
@@ -190,14 +190,16 @@ def _write_json(path: Path, obj) -> None:
 
 def build_tiny_model(path, *, family="qwen2_5_vl", num_hidden_layers=28, hidden_size=64, intermediate_size=128,
                      num_attention_heads=4, num_key_value_heads=2, vision_depth=2, vision_hidden_size=32, vision_intermediate_size=64,
-                     vision_num_heads=2, vocab_extra=0, seed=0, overwrite=False) -> Path:
+                     vision_num_heads=2, deepstack_visual_indexes=(0, 1, 2), vocab_extra=0, seed=0,
+                     overwrite=False) -> Path:
     """Write a random checkpoint of `family` (a model_type: "qwen2_5_vl" or "qwen2_vl") into `path`: weights,
     config, tokenizer, processor files.
 
     28 decoder layers by default, like Qwen2-VL-7B and Qwen2.5-VL-7B, so layer indices of real pruning settings stay
     valid.
     The config's vocab_size is the tokenizer length rounded up to 64, plus `vocab_extra` (real checkpoints also
-    have more embedding rows than tokens). Returns the folder.
+    have more embedding rows than tokens). deepstack_visual_indexes: the vision blocks whose features Qwen3-VL
+    injects after the first LLM layers (the released towers: 8, 16, 24 of 27). Returns the folder.
     """
     from safetensors.torch import save_file
 
@@ -217,7 +219,8 @@ def build_tiny_model(path, *, family="qwen2_5_vl", num_hidden_layers=28, hidden_
     p = dict(num_hidden_layers=num_hidden_layers, hidden_size=hidden_size, intermediate_size=intermediate_size,
              num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
              vision_depth=vision_depth, vision_hidden_size=vision_hidden_size,
-             vision_intermediate_size=vision_intermediate_size, vision_num_heads=vision_num_heads)
+             vision_intermediate_size=vision_intermediate_size, vision_num_heads=vision_num_heads,
+             deepstack_visual_indexes=list(deepstack_visual_indexes))
 
     added = tuple(QWEN3_ADDED_TOKENS) if family == "qwen3_vl" else ()
     tok = train_tokenizer(added)
