@@ -203,3 +203,18 @@ def test_a_qwen2_vl_bench_reports_its_own_family(tmp_path):
     assert "bench / 2B / 7B / 72B" in (tmp_path / "q2.md").read_text()
     released = flops.real_dims("qwen2_vl")["Qwen2-VL-7B"]["vision"]
     assert not released["gated"] and released["fullatt"] == list(range(32))
+
+
+def test_the_qwen3_vl_bench_model_has_the_8b_balance_and_deepstack_layout(tmp_path):
+    """bench:qwen3_vl: 36 layers with Qwen3-VL-8B's d + d_kv + 1.5 d_ff at width 128, and a 27-block tower with
+    DeepStack after blocks 8, 16, 24 as released."""
+    from prunevid.families import Qwen3VL
+    spec = {**model.BENCH_MODEL, **model.BENCH_VISION["qwen3_vl"]}
+    layers, d, d_kv, d_ff = Qwen3VL.flops_shapes["Qwen3-VL-8B"]
+    head = spec["hidden_size"] // spec["num_attention_heads"]
+    bench = spec["hidden_size"] + spec["num_key_value_heads"] * head + 1.5 * spec["intermediate_size"]
+    assert spec["num_hidden_layers"] == layers and abs(bench - (d + d_kv + 1.5 * d_ff)) <= 1
+    small = dict(spec, num_hidden_layers=2, intermediate_size=64)         # the same tower, a 2-layer LLM
+    cfg = json.loads((model.bench_model_path(tmp_path, small, family="qwen3_vl") / "config.json").read_text())
+    assert cfg["vision_config"]["depth"] == 27 and cfg["vision_config"]["deepstack_visual_indexes"] == [8, 16, 24]
+    assert cfg["vision_config"]["intermediate_size"] == 956
