@@ -168,8 +168,10 @@ def uncached_reference_logits(qm, encoded, question, cfg, pf, new_ids, compresse
 
 
 @pytest.mark.parametrize("compressed", [False, True])
-def test_cached_decoding_equals_uncached_reference(qm, paper, compressed):
-    cfg = get_paper_config()
+@pytest.mark.parametrize("M", [10, 1])
+def test_cached_decoding_equals_uncached_reference(qm, paper, compressed, M):
+    """M = 1 selects before the tiny Qwen3-VL's last DeepStack layer (2): the later level goes to the kept tokens only."""
+    cfg = get_paper_config(pruning_layer=M)
     pf = engine.prefill(paper, Q, cfg)
     if compressed:
         pf = stage3.compress(pf)
