@@ -63,6 +63,16 @@ assert any(torch.__file__.startswith(s) for s in sys.argv[1].splitlines()), 'tor
 assert int(av.__version__.split('.')[0]) < 16, av.__version__" "$main_sites" \
     && printf '%s\n' "$main_sites" > "$EVAL/.complete"
 fi
+# lmms-eval finds this project's models through the entry points of the installed metadata, written when the venv was
+# built: a model name added to pyproject.toml since then (prunevid_qwen3_vl, say) stays unknown to it until the
+# editable install is refreshed (no dependencies, seconds).
+if [ -f "$EVAL/.complete" ] && ! "$EVAL/bin/python" -c "
+import sys, tomllib
+from importlib.metadata import entry_points
+want = set(tomllib.load(open('pyproject.toml', 'rb'))['project']['entry-points']['lmms_eval.models'])
+sys.exit(not want <= {e.name for e in entry_points(group='lmms_eval.models')})"; then
+  "$EVAL/bin/pip" install -q --no-deps --no-build-isolation -e . 2>/dev/null || "$EVAL/bin/pip" install -q --no-deps -e .
+fi
 if [ -f "$EVAL/.complete" ]; then
   # PRUNEVID_REQUIRE_LMMS_EVAL: here a missing lmms-eval fails the tests instead of skipping them
   PRUNEVID_REQUIRE_LMMS_EVAL=1 "$EVAL/bin/python" -m pytest -q -rs -p no:cacheprovider tests/test_lmms_eval.py \
