@@ -76,8 +76,7 @@ def turn_from_messages(messages: list, default_system_prompt: str) -> Turn:
 
 
 def video_frame_count(path: str) -> int:
-    """Frames in the video, counted as lmms-eval's qwen2_5_vl and qwen3_vl count them (decord when installed, else
-    OpenCV)."""
+    """Frames in the video, counted as lmms-eval's qwen2_5_vl counts them (decord when installed, else OpenCV)."""
     try:
         import decord
         return len(decord.VideoReader(path))
