@@ -12,7 +12,9 @@ Two facts follow from the experts and are this module's:
   is the active width, top-k x moe_intermediate_size (the router's d x num_experts is left out: 0.7 % of a 30B-A3B
   layer's MLP FLOPs).
 - 8/4-bit: bitsandbytes replaces nn.Linear modules only; the fused experts are not, so on 4.57 and on 5.x they would
-  stay in the compute dtype (93 % of the 30B-A3B's weights). Loading refuses quantisation instead (check_quantization).
+  stay in the compute dtype (93 % of the 30B-A3B's weights, 96 % of the 235B-A22B's) and a "4-bit" 30B-A3B would
+  still weigh 60 of its 62 GB. Loading refuses quantisation instead, before any download or weight read
+  (check_quantization; tests/test_quantize.py pins what bitsandbytes does to the experts on both lines).
 """
 from __future__ import annotations
 
@@ -35,9 +37,10 @@ class Qwen3VLMoe(Qwen3VL):
         if quantization != "none":
             raise ModelError(
                 f"quantization={quantization!r} is not supported for {cls.display_name} ({name}): bitsandbytes "
-                "quantises nn.Linear layers only, and this model's experts (93 % of its weights) are fused 3-D "
-                "tensors it would leave unquantised; use quantization='none' (device_map='auto' spreads a model "
-                "too big for one GPU over the GPUs and CPU RAM)")
+                "quantises nn.Linear layers only, and the experts (93-96 % of the released models' weights) are "
+                "fused 3-D tensors it leaves in the compute dtype, so the model would stay nearly full size; use "
+                "quantization='none' (device_map='auto' spreads a model too big for one GPU over the GPUs and CPU "
+                "RAM)")
 
     def dims(self) -> tuple:
         """(layers, d, d_kv, d_ff) with d_ff the mean active MLP width per layer: top-k x moe_intermediate_size in
