@@ -250,3 +250,9 @@ def test_moe_flops_count_the_experts_a_token_runs_through():
                                        "Qwen3-VL-235B-A22B": (94, 4096, 512, 12288)}
     assert flops.real_dims("qwen3_vl_moe")["Qwen3-VL-30B-A3B"]["vision"] == flops.QWEN3VL_VISION
     loader.free(qm)
+
+
+def test_a_family_without_a_bench_model_is_a_clear_error(tmp_path):
+    from prunevid.errors import ModelError
+    with pytest.raises(ModelError, match="no bench model of qwen3_vl_moe .*tiny:qwen3_vl_moe"):
+        model.model_path("bench:qwen3_vl_moe", tmp_path)
