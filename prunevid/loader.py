@@ -158,6 +158,8 @@ def load(model_path: str, dtype: str = "auto", device: str = "auto", attention: 
                              "'Qwen/Qwen2.5-VL-7B-Instruct')")
         source = str(model_path)
         family = families.for_hub_id(source)
+    if family is not None:
+        family.check_quantization(quantization, source)      # before a download
     offline = not local.exists() and hub_offline(source)
     files = source                                  # where from_pretrained reads: a folder, or the hub id offline
     if not local.exists() and not offline:
@@ -167,6 +169,7 @@ def load(model_path: str, dtype: str = "auto", device: str = "auto", attention: 
         family = detect(files, offline=True) or family
         if family is None:
             raise ModelError(f"{source} has no config.json (is it a model repository?)")
+        family.check_quantization(quantization, source)      # an unlisted hub id: before reading weights
         placed = placement.load_kwargs(dev, device_map, max_memory, offload_folder,
                                        quantize.bnb_config(quantization, torch_dtype, family.keep_in_dtype))
         model = family.transformers_model_class().from_pretrained(

@@ -218,3 +218,41 @@ def test_the_qwen3_vl_bench_model_has_the_8b_balance_and_deepstack_layout(tmp_pa
     cfg = json.loads((model.bench_model_path(tmp_path, small, family="qwen3_vl") / "config.json").read_text())
     assert cfg["vision_config"]["depth"] == 27 and cfg["vision_config"]["deepstack_visual_indexes"] == [8, 16, 24]
     assert cfg["vision_config"]["intermediate_size"] == 956
+
+
+def test_moe_flops_count_the_experts_a_token_runs_through():
+    """Qwen3-VL-MoE's d_ff is the active width, top-k x moe_intermediate_size: on transformers 5.x exactly what the
+    MLP computes (the router's 2 d E per token aside; counted on 5.x's eager experts, which compute what its default
+    grouped_mm does, uncounted by torch's FLOP counter). 4.57's inference path runs every expert on every token and
+    zeroes the unchosen ones, E / top-k times that: the model counts the method's cost, not 4.57's."""
+    import torch
+    import transformers
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from prunevid import loader
+    from prunevid.testing import tiny_model_path
+    qm = loader.load(str(tiny_model_path(family="qwen3_vl_moe")), dtype="fp32", device="cpu")
+    tc = qm.text_config
+    layers, d, d_kv, d_ff = qm.dims()
+    assert d_ff == tc.num_experts_per_tok * tc.moe_intermediate_size == 2 * 48
+    n, experts = 37, tc.num_experts
+    if hasattr(qm.model, "set_experts_implementation"):
+        qm.model.set_experts_implementation("eager")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        qm.layers[0].mlp(torch.randn(1, n, d))
+    router = 2 * n * d * experts
+    runs = experts if transformers.__version__.startswith("4.") else tc.num_experts_per_tok
+    assert counter.get_total_flops() == router + n * 6 * d * tc.moe_intermediate_size * runs
+    assert counter.get_total_flops() - router == n * 6 * d * d_ff * runs // tc.num_experts_per_tok
+    # the released shapes: 8 of 128 experts per token
+    from prunevid.families import Qwen3VLMoe
+    assert Qwen3VLMoe.flops_shapes == {"Qwen3-VL-30B-A3B": (48, 2048, 512, 6144),
+                                       "Qwen3-VL-235B-A22B": (94, 4096, 512, 12288)}
+    assert flops.real_dims("qwen3_vl_moe")["Qwen3-VL-30B-A3B"]["vision"] == flops.QWEN3VL_VISION
+    loader.free(qm)
+
+
+def test_a_family_without_a_bench_model_is_a_clear_error(tmp_path):
+    from prunevid.errors import ModelError
+    with pytest.raises(ModelError, match="no bench model of qwen3_vl_moe .*tiny:qwen3_vl_moe"):
+        model.model_path("bench:qwen3_vl_moe", tmp_path)

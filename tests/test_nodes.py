@@ -350,6 +350,11 @@ def test_model_combo_lists_llm_folders_and_hub_ids(env):
         assert f"Qwen/Qwen2.5-VL-{size}-Instruct" in choices
     for size in ("2B", "4B", "8B", "32B"):
         assert f"Qwen/Qwen3-VL-{size}-Instruct" in choices
+    for size in ("30B-A3B", "235B-A22B"):
+        assert {f"Qwen/Qwen3-VL-{size}-Instruct", f"Qwen/Qwen3-VL-{size}-Thinking"} <= set(choices)
+    tooltip = env.pack.NODE_CLASS_MAPPINGS["PruneVidModelLoader"].INPUT_TYPES()["required"]["model"][1]["tooltip"]
+    assert "Qwen2.5-VL 3B ~7.5 GB, 7B ~16.6 GB" in tooltip
+    assert "Qwen3-VL-MoE 30B-A3B ~62.1 GB, 30B-A3B-Thinking ~62.1 GB, 235B-A22B ~471 GB" in tooltip
     fp = sys.modules["folder_paths"]
     assert str(env.models / "LLM") in fp.get_folder_paths("LLM")
 

@@ -33,6 +33,10 @@ def default_root() -> Path:
 def bench_model_path(models_dir: Path, spec: dict | None = None, fullatt=None, family: str = "qwen2_5_vl") -> Path:
     """Build the bench model of `family` once into models_dir (cached by its spec) and return its folder."""
     from ..testing import build_once, build_tiny_model
+    if spec is None and family not in BENCH_VISION:      # Qwen3-VL-MoE: no bench model with its balance yet
+        from ..errors import ModelError
+        raise ModelError(f"there is no bench model of {family} (bench:{', bench:'.join(BENCH_VISION)}); benchmark "
+                         f"tiny:{family} or a checkpoint folder instead")
     spec = dict({**BENCH_MODEL, **BENCH_VISION[family]} if spec is None else spec)
     fullatt = BENCH_FULLATT if fullatt is None else fullatt
     key = hashlib.sha256(json.dumps([spec, fullatt], sort_keys=True).encode()).hexdigest()[:10]
