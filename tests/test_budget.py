@@ -256,3 +256,17 @@ def test_attention_coverage_preset_spreads_half_its_budget_through_the_engine(qm
     top = stage2.choose(pf.scores, block, cfg.replace(coverage=0.0, retention=0.0, budget_tokens=T - round(T / 2)),
                         enc.original_tokens)
     assert set(top.tolist()) <= set(pf.kept_visual.tolist())       # half by attention, the other half spread
+
+
+def test_attention_coverage_preset_is_offered_by_the_cli_and_lmms_eval():
+    import argparse
+    ap = argparse.ArgumentParser()
+    cli.add_run_flags(ap)
+    a = ap.parse_args(["--preset", "attention_coverage"])
+    a.config = None
+    assert cli._config(a) == get_preset("attention_coverage", verbose=False)
+    a = ap.parse_args(["--preset", "attention_coverage", "--retention", "0.2"])
+    a.config = None
+    assert cli._config(a).retention == 0.2 and cli._config(a).coverage == 0.5
+    s = eval_args.parse({"preset": "attention_coverage"})
+    assert s.config.retention == 0.1 and s.config.coverage == 0.5 and not s.config.enable_stage1

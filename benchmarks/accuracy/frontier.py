@@ -41,6 +41,7 @@ TOKEN_METHODS = {
     "stage2_block": ("stage2_only", {}),
     "stage2_global": ("stage2_only", {"selection_granularity": "global"}),
     "random": ("stage2_only", {}),                    # Stage 2's count, random tokens (see Frontier.run)
+    "attention_coverage": ("attention_coverage", {}), # the shipped preset (= stage2_cov50), its retention swept
 }
 VARIANTS = {
     "paper_min_static": ("paper", {"static_test": "min"}),

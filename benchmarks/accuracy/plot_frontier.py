@@ -15,6 +15,7 @@ LABELS = {
     "stage2_block": "Stage 2 only, block quotas",
     "stage2_global": "Stage 2 only, global top-k (FastV-style)",
     "random": "random tokens",
+    "attention_coverage": "attention_coverage preset (Stage 2 only + coverage 0.5)",
     "uniform_tokens": "evenly spaced tokens (no attention)",
     "fewer_frames": "fewer frames (no pruning)",
     "smaller_frames": "smaller frames (no pruning)",
@@ -35,6 +36,7 @@ STYLE = {"paper": ("k", "-", 2.2), "paper_min_static": ("tab:orange", "-", 1.2),
          "paper_min1": ("tab:green", "-", 1.2), "paper_attention": ("tab:red", "-", 1.2),
          "paper_all": ("tab:purple", "-", 2.0), "stage2_block": ("tab:blue", "-", 1.6),
          "stage2_global": ("tab:cyan", "-", 1.4), "stage2_cov50": ("magenta", "-", 1.8),
+         "attention_coverage": ("magenta", "-", 2.2),
          "random": ("grey", "--", 1.6), "fewer_frames": ("tab:brown", ":", 1.8),
          "smaller_frames": ("tab:olive", ":", 1.8), "fewer_and_smaller": ("tab:pink", ":", 1.4)}
 
