@@ -11,7 +11,7 @@ import torch
 
 from benchmarks.accuracy import data, evaluate, frontier
 from benchmarks.accuracy import model as M
-from benchmarks.accuracy.train import CHECKPOINT
+from benchmarks.accuracy.train import CHECKPOINT, CHECKPOINT_VARIED
 from prunevid import engine, loader
 from prunevid.config import get_baseline_config
 
@@ -26,11 +26,12 @@ def oracle():
     return loader.load(str(CHECKPOINT), dtype="fp32", device="cpu")
 
 
-def test_checkpoint_is_small_and_loads_like_any_qwen25vl():
+@pytest.mark.parametrize("checkpoint", [CHECKPOINT, CHECKPOINT_VARIED], ids=["checkpoint", "checkpoint_varied"])
+def test_checkpoint_is_small_and_loads_like_any_qwen25vl(checkpoint):
     from transformers import Qwen2_5_VLForConditionalGeneration
-    size = sum(f.stat().st_size for f in CHECKPOINT.iterdir() if f.is_file())
+    size = sum(f.stat().st_size for f in checkpoint.iterdir() if f.is_file())
     assert size <= 10 * 2**20
-    model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(CHECKPOINT, output_loading_info=True)
+    model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
 
 
