@@ -76,7 +76,8 @@ class PruneVidStage2Select:
     DESCRIPTION = ("Builds Qwen2.5-VL's chat prompt (system prompt, video tokens, question) and runs it through "
                    "the LLM. PruneVid Stage 2 scores every video token by the question's attention at layer M and "
                    "keeps the top keep_ratio of them (per segment block); layers after M see only those. With "
-                   "retention > 0 the count instead follows a budget over both stages.")
+                   "retention > 0 the count instead follows a budget over both stages; with coverage > 0 part of it is "
+                   "spread evenly over the video instead of chosen by attention.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -101,12 +102,18 @@ class PruneVidStage2Select:
                           "Token budget: the fraction of the unpruned video tokens kept after Stage 1 and Stage 2 "
                           "together (e.g. 0.10). Stage 2 keeps what it takes to hit it (all tokens when Stage 1 "
                           "already left fewer). 0 = use keep_ratio."}),
+            # appended after retention, for the same reason: an older workflow gets 0 = attention picks every token
+            "coverage": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
+                         "Share of the kept tokens NOT chosen by attention but spread evenly over the rest of the "
+                         "video, so a small budget still sees the whole scene (the background, both sides of a "
+                         "cut). 0 = attention chooses them all (the paper); the attention_coverage preset uses 0.5 "
+                         "with retention 0.10."}),
         }}
 
     def select(self, tokens, question, system_prompt, enable, keep_ratio, pruning_layer, attention_aggregation,
-               retention=0.0):
+               retention=0.0, coverage=0.0):
         config = PruneVidConfig(enable_stage2=enable, keep_ratio=keep_ratio, pruning_layer=pruning_layer,
-                                attention_aggregation=attention_aggregation, retention=retention)
+                                attention_aggregation=attention_aggregation, retention=retention, coverage=coverage)
         pf = engine.prefill(tokens, question, config, system_prompt=system_prompt,
                             progress=comfy.progress(tokens.model.num_layers))
         return (pf, visualize.kept_map(pf))

@@ -29,8 +29,11 @@ def test_config_validates_the_budget_and_variants(bad, field):
         PruneVidConfig(**bad)
 
 
+BUDGET_PRESETS = {"attention_coverage"}     # the one preset added with the budget (issue 21); the others predate it
+
+
 def test_presets_are_unchanged_by_the_new_fields():
-    for name in PRESETS:
+    for name in set(PRESETS) - BUDGET_PRESETS:
         cfg = get_preset(name)
         assert cfg.retention == 0.0 and cfg.budget_tokens == 0 and not cfg.has_budget
         assert cfg.budget_allocation == "size" and cfg.min_tokens_per_block == 0 and cfg.static_test == "mean"
@@ -225,3 +228,45 @@ def test_coverage_spreads_part_of_the_count_over_what_attention_left():
         stage2.choose(scores, block, get_paper_config(), 500).numel()       # keep_ratio's count, shared
     with pytest.raises(ConfigError, match="coverage"):
         PruneVidConfig(coverage=1.5)
+
+
+# ---------------------------------------------------------------- the attention_coverage preset
+
+def test_attention_coverage_preset_is_stage2_only_with_a_budget_and_coverage():
+    """Stage 1 off, Stage 2 at the paper's M with the paper's other settings, retention 0.10, coverage 0.5."""
+    cfg = get_preset("attention_coverage")
+    assert not cfg.enable_stage1 and cfg.enable_stage2 and cfg.enable_cache_compression
+    assert cfg.retention == 0.10 and cfg.coverage == 0.5 and cfg.has_budget
+    assert cfg.replace(enable_stage1=True, retention=0.0, coverage=0.0) == get_paper_config()
+    assert get_preset("attention_coverage", retention=0.2).retention == 0.2
+
+
+def test_attention_coverage_preset_spreads_half_its_budget_through_the_engine(qm, clip):
+    """Through the engine the preset keeps 10 % of the tokens, and its coverage reaches stage2.choose: the kept set
+    is choose's with coverage 0.5, not the attention-only one (this fails if the preset's coverage is dropped)."""
+    cfg = get_preset("attention_coverage")
+    enc = engine.encode(qm, clip, cfg)
+    pf = engine.prefill(enc, Q, cfg)
+    T = round(0.10 * enc.original_tokens)
+    assert enc.merged_tokens == enc.original_tokens > T and pf.kept_visual.numel() == T
+    block = enc.items[0].tokens.block
+    assert torch.equal(pf.kept_visual, stage2.choose(pf.scores, block, cfg, enc.original_tokens))
+    attention_only = stage2.choose(pf.scores, block, cfg.replace(coverage=0.0), enc.original_tokens)
+    assert attention_only.numel() == T and not torch.equal(pf.kept_visual, attention_only)
+    top = stage2.choose(pf.scores, block, cfg.replace(coverage=0.0, retention=0.0, budget_tokens=T - round(T / 2)),
+                        enc.original_tokens)
+    assert set(top.tolist()) <= set(pf.kept_visual.tolist())       # half by attention, the other half spread
+
+
+def test_attention_coverage_preset_is_offered_by_the_cli_and_lmms_eval():
+    import argparse
+    ap = argparse.ArgumentParser()
+    cli.add_run_flags(ap)
+    a = ap.parse_args(["--preset", "attention_coverage"])
+    a.config = None
+    assert cli._config(a) == get_preset("attention_coverage", verbose=False)
+    a = ap.parse_args(["--preset", "attention_coverage", "--retention", "0.2"])
+    a.config = None
+    assert cli._config(a).retention == 0.2 and cli._config(a).coverage == 0.5
+    s = eval_args.parse({"preset": "attention_coverage"})
+    assert s.config.retention == 0.1 and s.config.coverage == 0.5 and not s.config.enable_stage1

@@ -24,7 +24,8 @@ WORKFLOWS = PACK_DIR / "workflows"
 CORE_IDS = PACK_DIR.parent / "shared" / "data" / "comfyui-core-node-ids.txt"
 CORE_TYPES = {"IMAGE", "MASK", "LATENT", "VIDEO", "AUDIO", "STRING", "INT", "FLOAT", "BOOLEAN", "COMBO", "*"}
 FOREIGN_TYPES = {"VHS_VIDEOINFO"}    # VideoHelperSuite's video_info, accepted for its fps
-PRESETS = ("paper", "baseline", "conservative", "aggressive", "stage1_only", "stage2_only", "no_cache_compression")
+PRESETS = ("paper", "baseline", "conservative", "aggressive", "stage1_only", "stage2_only", "no_cache_compression",
+           "attention_coverage")
 FAST = {"max_frames": 8, "max_pixels": 224 * 224}   # patched into the workflows to keep the tests fast
 TINY = "tiny-qwen25vl"                               # the tiny model's folder name under models/LLM
 FAMILY_WORKFLOWS = {"qwen3_vl_paper": ("qwen3_vl", "paper")}   # a family's workflow -> (its tiny model, preset)
@@ -457,7 +458,7 @@ def test_stage2_retention_widget_is_last_and_zero_means_keep_ratio(env, tokens, 
     """retention is appended after every older widget (saved workflows keep their widget order) and its default 0
     leaves keep_ratio in charge; set, the kept count is the budget's target over both stages."""
     spec = env.pack.NODE_CLASS_MAPPINGS["PruneVidStage2Select"].INPUT_TYPES()
-    assert list(spec["optional"]) == ["retention"] and spec["optional"]["retention"][1]["default"] == 0.0
+    assert list(spec["optional"]) == ["retention", "coverage"] and spec["optional"]["retention"][1]["default"] == 0.0
     args = dict(tokens=tokens[0], question="What is the rabbit doing?", system_prompt="You are a helpful assistant.",
                 enable=True, keep_ratio=0.4, pruning_layer=10, attention_aggregation="max")
     old = prefill[1]
@@ -467,6 +468,25 @@ def test_stage2_retention_widget_is_last_and_zero_means_keep_ratio(env, tokens, 
     target = max(1, round(0.05 * tokens[0].original_tokens))
     assert budget.kept_visual.numel() == target != old.kept_visual.numel()
     assert budget.stats["stage2"]["target_tokens"] == target
+
+
+def test_stage2_coverage_widget_comes_after_retention_and_zero_means_attention_only(env, tokens, prefill):
+    """coverage is appended after retention (a workflow saved before it gets 0: attention picks every kept token);
+    set, that share of the kept tokens is spread evenly over the video instead (1.0: evenly spaced, no attention)."""
+    spec = env.pack.NODE_CLASS_MAPPINGS["PruneVidStage2Select"].INPUT_TYPES()
+    assert list(spec["optional"])[-1] == "coverage" and spec["optional"]["coverage"][1]["default"] == 0.0
+    assert "spread evenly" in spec["optional"]["coverage"][1]["tooltip"]
+    args = dict(tokens=tokens[0], question="What is the rabbit doing?", system_prompt="You are a helpful assistant.",
+                enable=True, keep_ratio=0.4, pruning_layer=10, attention_aggregation="max", retention=0.05)
+    attention = call(env, "PruneVidStage2Select", **args)[0]
+    assert torch.equal(call(env, "PruneVidStage2Select", **args, coverage=0.0)[0].kept_visual,
+                       attention.kept_visual)
+    half = call(env, "PruneVidStage2Select", **args, coverage=0.5)[0]
+    T = attention.kept_visual.numel()
+    assert half.kept_visual.numel() == T and not torch.equal(half.kept_visual, attention.kept_visual)
+    even = call(env, "PruneVidStage2Select", **args, coverage=1.0)[0]
+    N = tokens[0].merged_tokens
+    assert even.kept_visual.tolist() == env.lib("stage2").spread(torch.arange(N), T).tolist()
 
 
 def test_kv_compress_returns_new_prefill_and_leaves_input(env, prefill):
@@ -604,7 +624,11 @@ def test_api_workflow_runs_and_stats_match_preset(env, rec, name):
     assert stats["stage3"]["enabled"] == (cfg.enable_cache_compression and cfg.prunes_in_llm)
     n0, n1, n2 = (stats["tokens"][k] for k in ("video_original", "video_after_stage1", "video_after_stage2"))
     assert (n1 < n0) == cfg.enable_stage1
-    if cfg.prunes_in_llm:
+    if cfg.prunes_in_llm and cfg.has_budget:        # the budget sets the count (keep_ratio is not used)
+        target = max(1, round(cfg.retention * n0))
+        assert n1 > target and n2 == stats["stage2"]["target_tokens"] == target
+        assert stats["stage2"]["pruning_layer"] == cfg.pruning_layer
+    elif cfg.prunes_in_llm:
         assert 0 < n2 / n1 <= cfg.keep_ratio + 1e-9
         assert n2 / n1 > cfg.keep_ratio - 0.2
         assert stats["stage2"]["pruning_layer"] == cfg.pruning_layer
@@ -759,6 +783,7 @@ def test_empty_question(env, tokens):
     ("PruneVidStage2Select", {"pruning_layer": 28}, "pruning_layer"),
     ("PruneVidStage2Select", {"attention_aggregation": "median"}, "attention_aggregation"),
     ("PruneVidStage2Select", {"retention": 1.5}, "retention"),
+    ("PruneVidStage2Select", {"coverage": -0.5}, "coverage"),
     ("PruneVidGenerate", {"top_p": 0.0}, "top_p"),
     ("PruneVidGenerate", {"max_new_tokens": 0}, "max_new_tokens"),
     ("PruneVidLoadVideo", {"max_frames": 1}, "max_frames"),

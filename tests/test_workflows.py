@@ -14,7 +14,8 @@ import pytest
 from conftest import PACK_DIR, load_pack, make_workflows
 WORKFLOWS = PACK_DIR / "workflows"
 CORE_IDS = PACK_DIR.parent / "shared" / "data" / "comfyui-core-node-ids.txt"
-PRESETS = ("paper", "baseline", "conservative", "aggressive", "stage1_only", "stage2_only", "no_cache_compression")
+PRESETS = ("paper", "baseline", "conservative", "aggressive", "stage1_only", "stage2_only", "no_cache_compression",
+           "attention_coverage")
 FAMILY_WORKFLOWS = {"qwen3_vl_paper": ("paper", "Qwen/Qwen3-VL-8B-Instruct")}   # name -> (preset, loader's model)
 NAMES = PRESETS + ("core_loadvideo_interop", "compare_two_clips") + tuple(FAMILY_WORKFLOWS)
 VIRTUAL = {"Note", "MarkdownNote"}          # frontend-only nodes: in the UI file, never in the API prompt
@@ -221,6 +222,7 @@ def test_presets_carry_their_config_values(pack, name):
     assert s1["temporal_segment_ratio"] == cfg.temporal_segment_ratio and s1["dpc_knn_k"] == cfg.dpc_knn_k
     assert s2["enable"] == cfg.enable_stage2 and s2["keep_ratio"] == cfg.keep_ratio
     assert s2["pruning_layer"] == cfg.pruning_layer and s2["attention_aggregation"] == cfg.attention_aggregation
+    assert s2["retention"] == cfg.retention and s2["coverage"] == cfg.coverage
     assert s3["enable"] == cfg.enable_cache_compression
     assert video["max_frames"] == cfg.max_frames and video["max_pixels"] == cfg.max_pixels
     assert video["sampling"] == cfg.video_sampling

@@ -41,6 +41,7 @@ TOKEN_METHODS = {
     "stage2_block": ("stage2_only", {}),
     "stage2_global": ("stage2_only", {"selection_granularity": "global"}),
     "random": ("stage2_only", {}),                    # Stage 2's count, random tokens (see Frontier.run)
+    "attention_coverage": ("attention_coverage", {}), # the shipped preset (= stage2_cov50), its retention swept
 }
 VARIANTS = {
     "paper_min_static": ("paper", {"static_test": "min"}),
@@ -156,7 +157,9 @@ def _flops_vs_full(st: dict, data_tokens: int) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(CHECKPOINT))
+    ap.add_argument("--model", "--checkpoint", default=str(CHECKPOINT),
+                    help="the oracle checkpoint (default: the committed one; checkpoint_varied: the fine-tune on "
+                         "fewer and smaller clips, for a fair fewer/smaller-frames comparison)")
     ap.add_argument("--n", type=int, default=800, help="clips (a multiple of 4)")
     ap.add_argument("--seed", type=int, default=data.HELD_OUT_SEED, help="stream (7 = held out)")
     ap.add_argument("--methods", default=",".join(list(TOKEN_METHODS) + list(VARIANTS)))

@@ -1,5 +1,6 @@
 """The frontier figure and table from frontier.py's results: `python -m benchmarks.accuracy.plot_frontier RESULTS.json
-[--out docs/frontier.png] [--table]` (needs matplotlib for the figure; the table needs nothing).
+[--out docs/frontier.png] [--table] [--ghost OTHER.json --ghost-methods a,b --ghost-label "..."]` (needs
+matplotlib for the figure; the table needs nothing).
 
 One line per method: accuracy against the measured retention (video tokens kept over the unpruned 128), the 95 %
 Wilson interval as a band.
@@ -15,6 +16,7 @@ LABELS = {
     "stage2_block": "Stage 2 only, block quotas",
     "stage2_global": "Stage 2 only, global top-k (FastV-style)",
     "random": "random tokens",
+    "attention_coverage": "attention_coverage preset (Stage 2 only + coverage 0.5)",
     "uniform_tokens": "evenly spaced tokens (no attention)",
     "fewer_frames": "fewer frames (no pruning)",
     "smaller_frames": "smaller frames (no pruning)",
@@ -35,6 +37,7 @@ STYLE = {"paper": ("k", "-", 2.2), "paper_min_static": ("tab:orange", "-", 1.2),
          "paper_min1": ("tab:green", "-", 1.2), "paper_attention": ("tab:red", "-", 1.2),
          "paper_all": ("tab:purple", "-", 2.0), "stage2_block": ("tab:blue", "-", 1.6),
          "stage2_global": ("tab:cyan", "-", 1.4), "stage2_cov50": ("magenta", "-", 1.8),
+         "attention_coverage": ("magenta", "-", 2.2),
          "random": ("grey", "--", 1.6), "fewer_frames": ("tab:brown", ":", 1.8),
          "smaller_frames": ("tab:olive", ":", 1.8), "fewer_and_smaller": ("tab:pink", ":", 1.4)}
 
@@ -47,7 +50,10 @@ def lines(res: dict) -> dict:
     return {m: sorted(v, key=lambda r: r["retention"]) for m, v in out.items()}
 
 
-def plot(res: dict, path: str, methods=None, title: str = "") -> None:
+def plot(res: dict, path: str, methods=None, title: str = "", ghost: dict | None = None, ghost_methods=None,
+         ghost_label: str = "") -> None:
+    """The figure; with ghost (another results file), its ghost_methods drawn thin and faint, no band, their labels
+    suffixed with ghost_label (e.g. the same lines on another checkpoint)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -65,6 +71,16 @@ def plot(res: dict, path: str, methods=None, title: str = "") -> None:
         c, style, width = STYLE[m] if m in STYLE else (next(colours), "-", 1.4)
         ax.plot(x, y, style, color=c, lw=width, marker="o", ms=3.5, label=LABELS.get(m, m))
         ax.fill_between(x, lo, hi, color=c, alpha=0.12, lw=0)
+    if ghost is not None:
+        gl = lines(ghost)
+        for m in ghost_methods or []:
+            if m not in gl:
+                continue
+            x = [100 * r["retention"] for r in gl[m]]
+            y = [100 * r["accuracy"] for r in gl[m]]
+            c = STYLE[m][0] if m in STYLE else "grey"
+            ax.plot(x, y, "--", color=c, lw=0.9, alpha=0.55, marker="x", ms=3,
+                    label=f"{LABELS.get(m, m)}, {ghost_label}")
     if "baseline" in ls:
         b = ls["baseline"][0]
         ax.axhline(100 * b["accuracy"], color="green", lw=0.8, ls="-.", label="unpruned (16 frames, 112 px)")
@@ -134,12 +150,16 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="")
     ap.add_argument("--title", default="")
     ap.add_argument("--table", action="store_true")
+    ap.add_argument("--ghost", default="", help="another results file whose --ghost-methods are drawn faintly")
+    ap.add_argument("--ghost-methods", default="")
+    ap.add_argument("--ghost-label", default="other run")
     ap.add_argument("--compact", action="store_true", help="one row per method, one column per target")
     a = ap.parse_args(argv)
     res = json.loads(open(a.results).read())
     methods = [m for m in a.methods.split(",") if m] or None
     if a.out:
-        plot(res, a.out, methods, a.title)
+        ghost = json.loads(open(a.ghost).read()) if a.ghost else None
+        plot(res, a.out, methods, a.title, ghost, [m for m in a.ghost_methods.split(",") if m], a.ghost_label)
     if a.table:
         print(table(res, methods))
     if a.compact:

@@ -26,6 +26,7 @@ from . import model as M
 
 HERE = Path(__file__).resolve().parent
 CHECKPOINT = HERE / "checkpoint"                     # the committed model (read by evaluate and the test)
+CHECKPOINT_VARIED = HERE / "checkpoint_varied"       # committed too: CHECKPOINT fine-tuned with --varied (fair lines)
 REPLAY = HERE.parent / "models" / "oracle"             # where training writes by default (git-ignored)
 TRAIN_SEED, VAL_SEED = 1000, 2          # the held-out set is data.HELD_OUT_SEED, used by nobody here
 
