@@ -137,7 +137,8 @@ def uncached_reference_logits(qm, encoded, question, cfg, pf, new_ids, compresse
     """Run prompt + generated tokens in one pass with explicit masks, no cache, same kept tokens.
 
     Layers 0..M see every prompt token (causal); a generated token there sees only kept ones when the cache is
-    compressed. Layers > M see kept prompt tokens and the generated ones.
+    compressed. Layers > M see kept prompt tokens and the generated ones. A linear-attention layer (Qwen3.5) takes no
+    mask: it runs causally over every token it is given, as its carried state does (Stage 3 leaves that state).
     """
     seq = engine.assemble(qm, encoded, question, engine.DEFAULT_SYSTEM_PROMPT)
     emb = qm.language_model.embed_tokens
@@ -157,7 +158,7 @@ def uncached_reference_logits(qm, encoded, question, cfg, pf, new_ids, compresse
         rope = qm.rotary(h, pos)
         for i, layer in enumerate(qm.layers):
             mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))[None, None]
-            out = layer(h, attention_mask=mask, position_embeddings=rope)
+            out = layer(h, attention_mask=mask if i in qm.attention_layers else None, position_embeddings=rope)
             h = out[0] if isinstance(out, tuple) else out
             if i == M:
                 h, rope = h[:, keep], tuple(r[..., keep, :] for r in rope)
@@ -187,7 +188,10 @@ def test_stage3_leaves_prefix_kept_and_suffix_in_every_layer(qm, paper):
     full_len = pf.cache.get_seq_length(0)
     comp = stage3.compress(pf)
     kept = pf.keep_seq.numel()
-    assert all(n == kept for n in comp.cache.lengths)
+    assert all(comp.cache.lengths[i] == kept for i in qm.attention_layers)
+    for i in set(range(qm.num_layers)) - set(qm.attention_layers):     # linear layers: the fixed-size state stays
+        assert torch.equal(comp.cache.recurrent[i], pf.cache.recurrent[i])
+        assert torch.equal(comp.cache.conv[i], pf.cache.conv[i])
     assert comp.stats["stage3"]["kv_bytes_after"] < comp.stats["stage3"]["kv_bytes_before"]
     assert pf.cache.get_seq_length(0) == full_len            # the input prefill is untouched
     assert comp.stats["tokens"]["sequence_after_stage2"] == kept
@@ -210,11 +214,15 @@ def test_stage2_keeps_the_configured_fraction_per_block(qm, paper):
 def test_stage2_scores_the_input_of_layer_m(qm, paper, with_rope):
     """Stage 2 reads layer M's attention on layer M's input, the hidden states after layers 0..M-1 of an unpruned
     forward (transformers' own, here): a selection made one layer early or late fails, which the accuracy oracle
-    cannot always tell (its M - 1 scores pick nearly the same tokens)."""
+    cannot always tell (its M - 1 scores pick nearly the same tokens). Where only some layers attend (Qwen3.5),
+    M is the one the family maps the preset's to, and its neighbours are the nearest attending layers."""
     from test_stage2 import full_reference
     cfg = get_paper_config(score_with_rope=with_rope)
-    M = cfg.pruning_layer
     pf = engine.prefill(paper, Q, cfg)
+    M = pf.stats["stage2"]["pruning_layer"]
+    attending = qm.attention_layers
+    at = attending.index(M)
+    neighbours = attending[max(0, at - 1):at] + attending[at + 1:at + 2]
     seq = engine.assemble(qm, paper, Q, engine.DEFAULT_SYSTEM_PROMPT)
     with torch.no_grad():
         kwargs = {"position_ids": seq.positions[:, None], **qm.language_model_inputs(seq)}
@@ -222,9 +230,10 @@ def test_stage2_scores_the_input_of_layer_m(qm, paper, with_rope):
                                    **kwargs).hidden_states
         rope = qm.score_rope(seq.positions, torch.float32) if with_rope else None
         ref = {m: full_reference(qm.layers[m], hidden[m][0], seq.query_start, seq.visual_cols, "max", rope)
-               for m in (M - 1, M, M + 1)}
+               for m in (M, *neighbours)}
     assert torch.allclose(pf.scores, ref[M], rtol=1e-4, atol=1e-6), (pf.scores - ref[M]).abs().max()
-    for other in (M - 1, M + 1):                 # the tolerance above tells neighbouring layers apart
+    assert neighbours
+    for other in neighbours:                     # the tolerance above tells neighbouring layers apart
         assert not torch.allclose(pf.scores, ref[other], rtol=1e-2, atol=1e-4)
     assert torch.equal(pf.kept_visual, stage2.select(ref[M], seq.blocks, cfg.keep_ratio, cfg.selection_granularity))
 

@@ -5,6 +5,7 @@
     qwen2_5_vl.py   Qwen2.5-VL = Qwen2-VL + timed temporal positions
     qwen3_vl.py     Qwen3-VL = Qwen2-VL + 16-px patches, per-group timestamped blocks, interleaved M-RoPE,
                     q/k norm, DeepStack
+    qwen3_5.py      Qwen3.5 = Qwen3-VL without DeepStack, with linear-attention layers (transformers >= 5.25)
 
 A checkpoint's family is chosen from config.json's model_type.
 """
@@ -14,9 +15,10 @@ from ..errors import ModelError
 from .base import VideoLLM
 from .qwen2_5_vl import Qwen25VL
 from .qwen2_vl import Qwen2VL
+from .qwen3_5 import Qwen35
 from .qwen3_vl import Qwen3VL
 
-FAMILIES = {cls.model_type: cls for cls in (Qwen25VL, Qwen2VL, Qwen3VL)}     # model_type -> family; the default first
+FAMILIES = {cls.model_type: cls for cls in (Qwen25VL, Qwen2VL, Qwen3VL, Qwen35)}     # model_type -> family; the default first
 DEFAULT = Qwen25VL
 
 
@@ -26,11 +28,27 @@ def supported() -> str:
 
 
 def family(model_type, where: str = "the checkpoint") -> type[VideoLLM]:
-    """The family class of a config.json model_type; ModelError naming the supported types otherwise."""
+    """The family class of a config.json model_type; ModelError naming the supported types otherwise, or the
+    transformers version the family needs when the installed one is older."""
     if model_type not in FAMILIES:
         raise ModelError(f"{where} is not a checkpoint of a supported family: model_type {model_type!r} "
                          f"(supported: {supported()})")
-    return FAMILIES[model_type]
+    cls = FAMILIES[model_type]
+    missing = unavailable(cls)
+    if missing:
+        raise ModelError(f"{where}: {missing}")
+    return cls
+
+
+def unavailable(cls: type[VideoLLM]) -> str | None:
+    """Why `cls` cannot run on the installed transformers ("Qwen3.5 needs transformers >= 5.25, installed
+    4.57.6"), or None when it can."""
+    import transformers
+    installed = transformers.__version__
+    if cls.min_transformers and tuple(int(x) for x in installed.split(".")[:2]) < cls.min_transformers:
+        need = ".".join(map(str, cls.min_transformers))
+        return f"{cls.display_name} needs transformers >= {need}, installed {installed}"
+    return None
 
 
 def for_hub_id(hub_id: str) -> type[VideoLLM] | None:
@@ -38,4 +56,5 @@ def for_hub_id(hub_id: str) -> type[VideoLLM] | None:
     return next((cls for cls in FAMILIES.values() if hub_id in cls.hub_ids), None)
 
 
-__all__ = ["FAMILIES", "DEFAULT", "VideoLLM", "Qwen2VL", "Qwen25VL", "Qwen3VL", "family", "for_hub_id", "supported"]
+__all__ = ["FAMILIES", "DEFAULT", "VideoLLM", "Qwen2VL", "Qwen25VL", "Qwen3VL", "Qwen35", "family", "for_hub_id",
+           "supported", "unavailable"]
