@@ -500,6 +500,7 @@ def decode(qm: VideoLLM, cache: KVCache, lengths: torch.Tensor, logits: torch.Te
     out_ids, all_logits = [[] for _ in range(B)], [[] for _ in range(B)]
     first, end = [0.0] * B, [0.0] * B
     rows = list(range(B))                                # the original row of each active batch row
+    attending = set(qm.attention_layers)
     step = 0
     while True:
         stay = []
@@ -529,7 +530,8 @@ def decode(qm: VideoLLM, cache: KVCache, lengths: torch.Tensor, logits: torch.Te
         masks = {}
         for i, layer in enumerate(qm.layers):
             h, rope = placement.follow(layer, h, rope)
-            key = (prompt_len[i], tuple(lengths[i].tolist()), h.device)
+            # a linear-attention layer (Qwen3.5) takes no mask: it never shares one with an attention layer
+            key = (prompt_len[i], tuple(lengths[i].tolist()), h.device, i in attending)
             if key not in masks:                         # two distinct masks per step at most (layers <= M, > M)
                 masks[key] = _decode_mask(layer, lengths[i], prompt_len[i], step, h.dtype, h.device)
             h = qm.decoder_layer(layer, h, rope, cache, attention_mask=masks[key])
