@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from prunevid import engine, stage2, stage3
-from prunevid.config import get_baseline_config, get_paper_config, get_stage1_only_config
+from prunevid.config import PRESETS, get_baseline_config, get_paper_config, get_preset, get_stage1_only_config
 from prunevid.errors import BudgetError, ConfigError, InputError, ModelError
 
 Q = "What is the rabbit doing in this video?"
@@ -109,6 +109,39 @@ def test_all_stages_off_greedy_tokens_equal_model_generate(qm, clip, baseline):
     assert ours == ref[0, ids.numel():].tolist()[:len(ours)]
 
 
+def test_image_all_stages_off_greedy_tokens_equal_model_generate(qm, clip):
+    image = clip.frames[0]
+    encoded = engine.encode(qm, [image], get_baseline_config())
+    ids = engine.reference_input_ids(qm, encoded, Q)
+    pixels, thw = qm.patches(image[None])
+    extra = {}
+    if "mm_token_type_ids" in inspect.signature(qm.model.model.get_rope_index).parameters:   # transformers 5.x
+        extra["mm_token_type_ids"] = (ids == qm.token_id(qm.pad_token("image"))).long()[None]
+    pf = engine.prefill(encoded, Q, get_baseline_config())
+    ours = engine.generate(pf, engine.SamplingParams(max_new_tokens=12))["ids"]
+    with torch.no_grad():
+        ref = qm.model.generate(input_ids=ids[None], attention_mask=torch.ones_like(ids)[None], pixel_values=pixels,
+                                image_grid_thw=torch.tensor([thw]), **extra, max_new_tokens=12, do_sample=False,
+                                eos_token_id=qm.eos_token_ids, pad_token_id=qm.eos_token_ids[0])
+    assert ours == ref[0, ids.numel():].tolist()[:len(ours)]
+
+
+def test_text_only_prompt_through_the_layer_loop_equals_model_generate(qm):
+    """No visual token at all: the loop and decoding alone (Qwen3.5: the linear layers' state carried from the
+    prompt through every step) against transformers' generate."""
+    ids = torch.tensor(qm.tokenizer.encode(f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n"))
+    L, none = ids.numel(), torch.zeros(0, dtype=torch.long)
+    seq = engine.Sequence(embeds=qm.embed(ids), positions=torch.arange(L).expand(3, L), visual_cols=none,
+                          blocks=none, query_start=L, next_position=L, text_ids=ids, unpruned_length=L)
+    rows = engine.run_layers(qm, [seq], get_baseline_config())
+    ours = engine.decode(qm, rows.cache, rows.lengths, rows.logits, [L], [ids],
+                         [engine.SamplingParams(max_new_tokens=12)])[0]["ids"]
+    with torch.no_grad():
+        ref = qm.model.generate(input_ids=ids[None], attention_mask=torch.ones_like(ids)[None], max_new_tokens=12,
+                                do_sample=False, eos_token_id=qm.eos_token_ids, pad_token_id=qm.eos_token_ids[0])
+    assert ours == ref[0, L:].tolist()[:len(ours)]
+
+
 def test_merged_and_kept_tokens_carry_their_representatives_unpruned_positions(qm, paper):
     cfg = get_paper_config()
     seq = engine.assemble(qm, paper, Q, engine.DEFAULT_SYSTEM_PROMPT)
@@ -168,16 +201,19 @@ def uncached_reference_logits(qm, encoded, question, cfg, pf, new_ids, compresse
         return qm.model.lm_head(qm.language_model.norm(h))[0, -G - 1:]   # last prompt token + each fed token
 
 
-@pytest.mark.parametrize("compressed", [False, True])
-def test_cached_decoding_equals_uncached_reference(qm, paper, compressed):
-    cfg = get_paper_config()
-    pf = engine.prefill(paper, Q, cfg)
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_cached_decoding_equals_uncached_reference(qm, clip, paper, preset):
+    """Every preset (Stage 3 where it compresses): the cached answer's logits equal one uncached pass."""
+    cfg = get_preset(preset)
+    encoded = paper if preset == "paper" else engine.encode(qm, clip, cfg)
+    pf = engine.prefill(encoded, Q, cfg)
+    compressed = cfg.enable_cache_compression and pf.pruning_layer >= 0
     if compressed:
         pf = stage3.compress(pf)
     out = engine.generate(pf, engine.SamplingParams(max_new_tokens=6), return_logits=True)
     fed = out["ids"][:-1]                      # every generated token but the last was fed back
     assert len(fed) >= 1
-    ref = uncached_reference_logits(qm, paper, Q, cfg, pf, fed, compressed)
+    ref = uncached_reference_logits(qm, encoded, Q, cfg, pf, fed, compressed)
     assert out["logits"].shape == ref.shape
     assert (out["logits"] - ref).abs().max() <= 1e-4
 
