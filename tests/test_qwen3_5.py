@@ -63,3 +63,13 @@ def test_decoding_carries_the_state_without_touching_the_prefills(qm, paper):
     assert a["ids"] == b["ids"]
     after = [s for s in pf.cache.conv + pf.cache.recurrent if s is not None]
     assert len(before) == 2 * 6 and all(torch.equal(x, y) for x, y in zip(before, after))
+
+
+def test_scoring_tables_equal_its_rotary_module_on_the_rotated_quarter(qm):
+    """Stage 2's RoPE tables (Qwen3-VL's interleaved M-RoPE) equal what Qwen3.5's rotary module gives its gated
+    attention, which rotates only the first partial_rotary_factor of each head."""
+    positions = torch.tensor([[5, 6, 40, 41], [7, 8, 3, 3], [9, 10, 1, 2]])
+    cos, sin = qm.rotary(torch.zeros(1, 4, 64), positions)
+    ours = qm.score_rope(positions, torch.float32)
+    assert ours[0].shape[-1] == cos.shape[-1] == qm.text_config.head_dim // 4
+    assert torch.allclose(ours[0], cos[0], atol=1e-6) and torch.allclose(ours[1], sin[0], atol=1e-6)
