@@ -16,7 +16,8 @@ BENCH_MODEL = dict(num_hidden_layers=28, hidden_size=128, intermediate_size=2156
 BENCH_FULLATT = [7, 15, 23, 31]
 # Qwen2-VL's vision MLP is plain and 4x wide (Qwen2.5-VL's is gated): the same 1/5 width, its own ratio
 BENCH_VISION = {"qwen2_5_vl": {}, "qwen2_vl": {"vision_intermediate_size": 4 * BENCH_MODEL["vision_hidden_size"]},
-                "qwen3_vl": {}}     # the 7B's LLM balance too, not yet Qwen3-VL-8B's (36 layers)
+                "qwen3_vl": {},     # the 7B's LLM balance too, not yet Qwen3-VL-8B's (36 layers)
+                "qwen3_5": {}}      # not balanced for Qwen3.5 (its linear layers cost differently): not measured yet
 
 
 def default_root() -> Path:
