@@ -73,3 +73,21 @@ def test_scoring_tables_equal_its_rotary_module_on_the_rotated_quarter(qm):
     ours = qm.score_rope(positions, torch.float32)
     assert ours[0].shape[-1] == cos.shape[-1] == qm.text_config.head_dim // 4
     assert torch.allclose(ours[0], cos[0], atol=1e-6) and torch.allclose(ours[1], sin[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_linear_layers_after_m_run_on_the_kept_tokens_and_decoding_equals_one_uncached_pass(qm, paper, compressed):
+    """The presets' M is 7, the tiny model's last layer; at M = 3 the linear layers 4..6 run on the kept tokens only
+    (their convolution then mixes tokens that were not adjacent) and carry that state into decoding."""
+    from test_engine import uncached_reference_logits
+    cfg = get_paper_config(pruning_layer=3)
+    pf = engine.prefill(paper, Q, cfg)
+    assert pf.pruning_layer == 3 and pf.keep_seq.numel() < pf.cache.lengths[3]
+    assert pf.cache.lengths[4] == pf.keep_seq.numel()              # a linear layer after M saw the kept tokens
+    if compressed:
+        pf = stage3.compress(pf)
+    out = engine.generate(pf, engine.SamplingParams(max_new_tokens=6), return_logits=True)
+    fed = out["ids"][:-1]
+    assert len(fed) >= 1
+    ref = uncached_reference_logits(qm, paper, Q, cfg, pf, fed, compressed)
+    assert (out["logits"] - ref).abs().max() <= 1e-4

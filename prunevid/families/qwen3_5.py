@@ -31,6 +31,9 @@ class Qwen35(Qwen3VL):
     # (layers, d, d_kv, d_ff): Qwen3.5-9B's language model (transformers' Qwen3_5TextConfig defaults: 32 layers,
     # 4096, 4 KV heads x 256, 12288). The FLOPs model counts every layer as attention: see docs/method.md, "Qwen3.5"
     flops_shapes = {"Qwen3.5-9B": (32, 4096, 1024, 12288)}
+    # and the linear layers' in_proj_a / in_proj_b (d x value heads): tiny, they set each head's decay and write
+    # strength, and bitsandbytes' 4-bit kernel refuses so few output rows
+    keep_in_dtype = (*Qwen3VL.keep_in_dtype, "in_proj_a", "in_proj_b")
 
     # ---- vision: no DeepStack
 
