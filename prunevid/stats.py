@@ -167,6 +167,8 @@ def format_stats(stats: dict) -> str:
         f"({s1['reduction_percentage']:.1f}% fewer, {s1['segments']} segment{'' if s1['segments'] == 1 else 's'}, static {100 * s1['static_ratio']:.1f}%)"
         if s1["enabled"] else f"Stage 1: off ({s1['original_tokens']} video tokens)",
         f"Stage 2: {s2['original_tokens']} -> {s2['compressed_tokens']} video tokens after layer {s2['pruning_layer']}"
+        + (f" (pruning_layer {s2['requested_pruning_layer']} mapped to the full-attention layer at or before it)"
+           if s2.get("requested_pruning_layer") not in (None, s2["pruning_layer"]) else "")
         + (f" (kept {100 * s2['kept_fraction']:.1f}% at keep_ratio {s2['keep_ratio']:g})" if "kept_fraction" in s2
            else "")
         if s2["enabled"] else ("Stage 2: kept every token (Stage 1 already met the token budget of "

@@ -346,6 +346,8 @@ def test_model_combo_lists_llm_folders_and_hub_ids(env):
         assert f"Qwen/Qwen2.5-VL-{size}-Instruct" in choices
     for size in ("2B", "4B", "8B", "32B"):
         assert f"Qwen/Qwen3-VL-{size}-Instruct" in choices
+    for size in ("9B", "27B"):                     # listed on 4.57 too: loading refuses there with the version needed
+        assert f"Qwen/Qwen3.5-{size}" in choices
     fp = sys.modules["folder_paths"]
     assert str(env.models / "LLM") in fp.get_folder_paths("LLM")
 

@@ -28,6 +28,9 @@ def test_the_presets_m_maps_to_the_last_full_attention_layer_before_it_and_the_s
     assert pf.pruning_layer == 7
     assert pf.stats["stage2"]["pruning_layer"] == 7 and pf.stats["stage2"]["requested_pruning_layer"] == 10
     assert [qm.pruning_layer(m) for m in (3, 7, 10)] == [3, 7, 7]
+    from prunevid import stats
+    summary = stats.format_stats({**pf.stats, "timings": {"vision_s": 0, "stage1_s": 0, "prefill_s": 0}})
+    assert "after layer 7 (pruning_layer 10 mapped to the full-attention layer at or before it)" in summary
     # layers 0..7 cache every token until Stage 3 slices the attention ones
     assert pf.cache.lengths[7] == paper.merged_tokens + pf.stats["tokens"]["text"]
 
