@@ -26,6 +26,13 @@ _KEEP: dict = {}         # key -> keep_loaded
 _GENERATION: dict = {}   # key -> times unloaded (the loader's IS_CHANGED)
 
 
+def _size_label(hub_id: str) -> str:
+    """"Qwen/Qwen2.5-VL-7B-Instruct" -> "7B", "Qwen/Qwen3-VL-30B-A3B-Thinking" -> "30B-A3B-Thinking": the release
+    within its family, for the loader's tooltip."""
+    import re
+    return re.sub(r"^Qwen[\d.]*-VL-|-Instruct$", "", hub_id.split("/")[-1])
+
+
 def local_models() -> list:
     """Folders holding a config.json under every LLM root, as names relative to their root (up to 2 deep)."""
     names = []
@@ -136,7 +143,7 @@ class PruneVidModelLoader:
                       "models/LLM, or a hub id (looked for first as models/LLM/<org>/<name> and models/LLM/<name>, "
                       "else downloaded once to the Hugging Face cache, with its progress on this node). Download "
                       "sizes, approximate (bf16 weights): " + "; ".join(
-                          f"{c.display_name} " + ", ".join(f"{i.split('-')[-2]} ~{gb:g} GB" for i, gb in
+                          f"{c.display_name} " + ", ".join(f"{_size_label(i)} ~{gb:g} GB" for i, gb in
                                                            c.hub_ids.items()) for c in families.FAMILIES.values())
                       + "."}),
             "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto", "tooltip":

@@ -293,7 +293,8 @@ def add_run_flags(p) -> None:
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS), help="PruneVid settings (default: %(default)s)")
     p.add_argument("--config", choices=sorted(PRESETS), help=argparse.SUPPRESS)
     p.add_argument("--model", default=DEFAULT_MODEL, help="local folder or hub id of any supported family "
-                   "(Qwen2.5-VL, Qwen2-VL, Qwen3-VL), 'tiny' or 'tiny:qwen2_vl' / 'tiny:qwen3_vl' (default: %(default)s)")
+                   "(Qwen2.5-VL, Qwen2-VL, Qwen3-VL, Qwen3-VL-MoE), 'tiny' or 'tiny:<model_type>' (tiny:qwen2_vl, "
+                   "tiny:qwen3_vl, tiny:qwen3_vl_moe) (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | mps | cpu (default: %(default)s)")
     p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32 (default: %(default)s)")
     p.add_argument("--quantization", default="none", choices=["none", "8bit", "4bit"],

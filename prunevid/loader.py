@@ -160,6 +160,8 @@ def load(model_path: str, dtype: str = "auto", device: str = "auto", attention: 
         family = families.for_hub_id(source)
         if family is not None and families.unavailable(family):     # refuse before a download, not after
             raise ModelError(f"{source}: {families.unavailable(family)}")
+    if family is not None:
+        family.check_quantization(quantization, source)      # before a download
     offline = not local.exists() and hub_offline(source)
     files = source                                  # where from_pretrained reads: a folder, or the hub id offline
     if not local.exists() and not offline:
@@ -169,6 +171,7 @@ def load(model_path: str, dtype: str = "auto", device: str = "auto", attention: 
         family = detect(files, offline=True) or family
         if family is None:
             raise ModelError(f"{source} has no config.json (is it a model repository?)")
+        family.check_quantization(quantization, source)      # an unlisted hub id: before reading weights
         placed = placement.load_kwargs(dev, device_map, max_memory, offload_folder,
                                        quantize.bnb_config(quantization, torch_dtype, family.keep_in_dtype))
         model = family.transformers_model_class().from_pretrained(

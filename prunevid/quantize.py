@@ -2,6 +2,8 @@
 
 Only the language model's linear layers are quantised: q/k/v/o and the MLP of every decoder layer, which are about
 nine tenths of a Qwen2-VL's or Qwen2.5-VL's parameters (each family names what stays in its dtype: keep_in_dtype).
+A family whose weights bitsandbytes cannot take refuses 8/4-bit before loading (check_quantization: Qwen3-VL-MoE,
+whose fused 3-D experts are no nn.Linear).
 The vision tower, the embeddings, the norms and lm_head stay in the model's dtype (the usual bitsandbytes practice
 for lm_head; for the vision tower no test here shows that quantising it is safe). 4-bit is NF4 with double quantisation, computing in the model's dtype (bf16 on GPUs that
 have it). The engine calls quantised layers like any other module: its own layer loop, and Stage 2's direct
@@ -102,6 +104,7 @@ def estimate_weight_bytes(config: dict, quantization: str = "none", dtype: torch
     from . import families
     check(quantization)
     family = families.family(config.get("model_type"))
+    family.check_quantization(quantization, "its config.json")     # no count for a load that would be refused
     model = family.meta_model(config)
     size = torch.tensor([], dtype=dtype).element_size()
     layers = family.llm_of(model).layers

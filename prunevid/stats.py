@@ -27,7 +27,7 @@ def tokens_per_layer(layers: int, before: int, after: int, pruning_layer: int) -
 
 def flops_ratio(layers: int, d: int, d_kv: int, d_ff: int, unpruned: int, merged: int, kept: int,
                 pruning_layer: int) -> float:
-    """Pruned over unpruned LLM prefill FLOPs for one model shape (pruning layer scaled to its depth)."""
+    """Pruned over unpruned LLM prefill FLOPs for one model shape, pruning after layer pruning_layer (-1: none)."""
     base = prefill_flops([unpruned] * layers, d, d_kv, d_ff)
     ours = prefill_flops(tokens_per_layer(layers, merged, kept, pruning_layer), d, d_kv, d_ff)
     return ours / base
@@ -109,8 +109,9 @@ def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, kv_bytes: int
         "tokens": {"video_original": n0, "video_after_stage1": n1, "video_after_stage2": n2,
                    "retention": n2 / max(1, n0), "text": text, "sequence_unpruned": L0,
                    "sequence_after_stage1": L1, "sequence_after_stage2": L2},
-        # the ratio for this model, and for each released shape of its family at the same relative depth;
-        # reference: the family's headline shape (its 7B)
+        # the ratio for this model, and for each released shape of its family with the same M (a preset's M is
+        # the same layer index on every depth: docs/method.md, "Presets across depths"); reference: the headline
+        # shape (Qwen2.5-VL-7B, Qwen2-VL-7B, Qwen3-VL-8B)
         "flops": {"this_model_ratio": flops_ratio(layers, d, d_kv, d_ff, L0, L1, L2, M),
                   "reference": next(iter(qm.flops_shapes))},
         "video": video_stats(encoded),
@@ -118,7 +119,7 @@ def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, kv_bytes: int
         "videos": videos_stats(encoded, kept_visual),   # one entry per video of the prompt, with its own tokens
     }
     for name, (nl, dd, dkv, dff) in qm.flops_shapes.items():
-        m = -1 if M < 0 else round(M * nl / layers)   # the same relative depth
+        m = -1 if M < 0 else min(M, nl - 1)
         out["flops"][f"{name}_ratio"] = flops_ratio(nl, dd, dkv, dff, L0, L1, L2, m)
     out["flops"]["reference_ratio"] = out["flops"][f"{out['flops']['reference']}_ratio"]
     return out

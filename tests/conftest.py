@@ -15,7 +15,7 @@ PACK_DIR = Path(__file__).resolve().parent.parent
 torch.set_num_threads(2)
 
 
-FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_5")   # every supported family (prunevid.families.FAMILIES)
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5")   # every supported family (prunevid.families.FAMILIES)
 
 
 def pytest_generate_tests(metafunc):

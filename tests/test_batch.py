@@ -67,7 +67,9 @@ def test_every_request_of_a_batch_equals_its_batch_of_one_run(qm, encodings, pre
     encoded = encodings(cfg)
     alone = one_at_a_time(encoded, cfg, params())
     bp, together = batched(encoded, cfg, params())
-    assert len({int(bp.lengths[0, b]) for b in range(bp.size)}) == bp.size, "the rows really differ in length"
+    # the rows really differ in length, so padding is exercised (two of four rows may tie by chance: the tiny
+    # Qwen3-VL-MoE's conservative run with Stage 3 keeps 74 tokens in rows 1 and 2)
+    assert len({int(bp.lengths[0, b]) for b in range(bp.size)}) > 1, "the rows really differ in length"
     for b, ((pf, ref), out) in enumerate(zip(alone, together)):
         assert out["ids"] == ref["ids"], f"row {b}"
         assert out["logits"].shape == ref["logits"].shape

@@ -75,6 +75,12 @@ def test_analytic_flops_model():
     r = flops.analytic(flops.real_dims()["Qwen2.5-VL-7B"], (16, 24, 42), seq, 10)
     assert b["llm_flops_ratio"] == pytest.approx(r["llm_flops_ratio"], rel=1e-9)
     assert 0.22 < r["vision_share"] < 0.32
+    # a released shape of another depth (the 3B: 36 layers) prunes after the same layer M = 10, not a scaled one
+    three = flops.real_dims()["Qwen2.5-VL-3B"]
+    L, d, d_kv, d_ff = (three[k] for k in ("layers", "d", "d_kv", "d_ff"))
+    got = flops.analytic(three, (16, 24, 42), seq, 10)["llm_flops_ratio"]
+    assert L == 36 and got == pytest.approx(flops.llm_flops(L, d, d_kv, d_ff, 1800, 750, 10)
+                                            / flops.llm_flops(L, d, d_kv, d_ff, 4000, 4000, -1))
 
 
 def test_cli_entry_point(capsys):
@@ -197,3 +203,56 @@ def test_a_qwen2_vl_bench_reports_its_own_family(tmp_path):
     assert "bench / 2B / 7B / 72B" in (tmp_path / "q2.md").read_text()
     released = flops.real_dims("qwen2_vl")["Qwen2-VL-7B"]["vision"]
     assert not released["gated"] and released["fullatt"] == list(range(32))
+
+
+def test_the_qwen3_vl_bench_model_has_the_8b_balance_and_deepstack_layout(tmp_path):
+    """bench:qwen3_vl: 36 layers with Qwen3-VL-8B's d + d_kv + 1.5 d_ff at width 128, and a 27-block tower with
+    DeepStack after blocks 8, 16, 24 as released."""
+    from prunevid.families import Qwen3VL
+    spec = {**model.BENCH_MODEL, **model.BENCH_VISION["qwen3_vl"]}
+    layers, d, d_kv, d_ff = Qwen3VL.flops_shapes["Qwen3-VL-8B"]
+    head = spec["hidden_size"] // spec["num_attention_heads"]
+    bench = spec["hidden_size"] + spec["num_key_value_heads"] * head + 1.5 * spec["intermediate_size"]
+    assert spec["num_hidden_layers"] == layers and abs(bench - (d + d_kv + 1.5 * d_ff)) <= 1
+    small = dict(spec, num_hidden_layers=2, intermediate_size=64)         # the same tower, a 2-layer LLM
+    cfg = json.loads((model.bench_model_path(tmp_path, small, family="qwen3_vl") / "config.json").read_text())
+    assert cfg["vision_config"]["depth"] == 27 and cfg["vision_config"]["deepstack_visual_indexes"] == [8, 16, 24]
+    assert cfg["vision_config"]["intermediate_size"] == 956
+
+
+def test_moe_flops_count_the_experts_a_token_runs_through():
+    """Qwen3-VL-MoE's d_ff is the active width, top-k x moe_intermediate_size: on transformers 5.x exactly what the
+    MLP computes (the router's 2 d E per token aside; counted on 5.x's eager experts, which compute what its default
+    grouped_mm does, uncounted by torch's FLOP counter). 4.57's inference path runs every expert on every token and
+    zeroes the unchosen ones, E / top-k times that: the model counts the method's cost, not 4.57's."""
+    import torch
+    import transformers
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from prunevid import loader
+    from prunevid.testing import tiny_model_path
+    qm = loader.load(str(tiny_model_path(family="qwen3_vl_moe")), dtype="fp32", device="cpu")
+    tc = qm.text_config
+    layers, d, d_kv, d_ff = qm.dims()
+    assert d_ff == tc.num_experts_per_tok * tc.moe_intermediate_size == 2 * 48
+    n, experts = 37, tc.num_experts
+    if hasattr(qm.model, "set_experts_implementation"):
+        qm.model.set_experts_implementation("eager")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        qm.layers[0].mlp(torch.randn(1, n, d))
+    router = 2 * n * d * experts
+    runs = experts if transformers.__version__.startswith("4.") else tc.num_experts_per_tok
+    assert counter.get_total_flops() == router + n * 6 * d * tc.moe_intermediate_size * runs
+    assert counter.get_total_flops() - router == n * 6 * d * d_ff * runs // tc.num_experts_per_tok
+    # the released shapes: 8 of 128 experts per token
+    from prunevid.families import Qwen3VLMoe
+    assert Qwen3VLMoe.flops_shapes == {"Qwen3-VL-30B-A3B": (48, 2048, 512, 6144),
+                                       "Qwen3-VL-235B-A22B": (94, 4096, 512, 12288)}
+    assert flops.real_dims("qwen3_vl_moe")["Qwen3-VL-30B-A3B"]["vision"] == flops.QWEN3VL_VISION
+    loader.free(qm)
+
+
+def test_a_family_without_a_bench_model_is_a_clear_error(tmp_path):
+    from prunevid.errors import ModelError
+    with pytest.raises(ModelError, match="no bench model of qwen3_vl_moe .*tiny:qwen3_vl_moe"):
+        model.model_path("bench:qwen3_vl_moe", tmp_path)

@@ -218,6 +218,25 @@ def test_cached_decoding_equals_uncached_reference(qm, clip, paper, preset):
     assert (out["logits"] - ref).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("M", [10, 1])
+def test_cached_decoding_equals_uncached_reference_at_m(qm, paper, compressed, M):
+    """M = 1 selects before the tiny Qwen3-VL's last DeepStack layer (2): the later level goes to the kept tokens only."""
+    if M not in qm.attention_layers and M != 10:       # Qwen3.5: layer 1 is linear (test_qwen3_5.py uses M = 3)
+        pytest.skip(f"{qm.display_name} selects only at a full-attention layer {qm.attention_layers}")
+    cfg = get_paper_config(pruning_layer=M)
+    pf = engine.prefill(paper, Q, cfg)
+    encoded = paper
+    if compressed:
+        pf = stage3.compress(pf)
+    out = engine.generate(pf, engine.SamplingParams(max_new_tokens=6), return_logits=True)
+    fed = out["ids"][:-1]                      # every generated token but the last was fed back
+    assert len(fed) >= 1
+    ref = uncached_reference_logits(qm, encoded, Q, cfg, pf, fed, compressed)
+    assert out["logits"].shape == ref.shape
+    assert (out["logits"] - ref).abs().max() <= 1e-4
+
+
 def test_stage3_leaves_prefix_kept_and_suffix_in_every_layer(qm, paper):
     cfg = get_paper_config()
     pf = engine.prefill(paper, Q, cfg)

@@ -12,7 +12,7 @@ from prunevid.config import get_paper_config
 from prunevid.errors import ConfigError, InputError, VideoError
 from prunevid.evaluation import args as eval_args
 from prunevid.evaluation import clips, records, report
-from prunevid.evaluation.inputs import read_video, turn_from_messages
+from prunevid.evaluation.inputs import qwen_vl_utils_nframes, read_video, turn_from_messages
 from prunevid.video import MIN_PIXELS, load_video
 
 TASKS = Path(eval_args.__file__).parent / "tasks" / "prunevid_local"
@@ -61,17 +61,38 @@ def test_qwen2_5_vl_names_and_short_names_carry_over():
     assert eval_args.parse({"fps": 1, "sampling": "uniform"}).config.video_sampling == "uniform"
 
 
-def test_one_model_name_per_family_each_defaulting_to_its_7b():
-    """lmms-eval names its models per family (qwen2_5_vl, qwen2_vl); so do ours, each registered as an entry point,
-    each taking any supported checkpoint through pretrained=."""
+@pytest.mark.parametrize("model_id, pretrained", [("prunevid_qwen2_5_vl", "Qwen/Qwen2.5-VL-7B-Instruct"),
+                                                   ("prunevid_qwen2_vl", "Qwen/Qwen2-VL-7B-Instruct"),
+                                                   ("prunevid_qwen3_vl", "Qwen/Qwen3-VL-8B-Instruct")])
+def test_one_model_name_per_family_each_defaulting_to_its_7b_or_8b(model_id, pretrained):
+    """lmms-eval names its models per family (qwen2_5_vl, qwen2_vl, qwen3_vl); so do ours, each registered as an entry
+    point, each taking any supported checkpoint through pretrained=."""
     from importlib.metadata import entry_points
-    registered = {e.name for e in entry_points(group="lmms_eval.models")}
-    assert set(eval_args.MODEL_IDS) <= registered
-    assert eval_args.parse({}, "prunevid_qwen2_vl").pretrained == "Qwen/Qwen2-VL-7B-Instruct"
-    assert eval_args.parse({"pretrained": "tiny:qwen2_vl"}).pretrained == "tiny:qwen2_vl"
-    with pytest.raises(ConfigError, match="unknown model_arg 'frames' for prunevid_qwen2_vl"):
-        eval_args.parse({"frames": 1}, "prunevid_qwen2_vl")
-    assert report.run_label("prunevid_qwen2_vl", "pretrained=x,preset=paper,keep_ratio=0.3") == "paper keep_ratio=0.3"
+    registered = {e.name: e for e in entry_points(group="lmms_eval.models")}
+    assert set(eval_args.MODEL_IDS) == {"prunevid_qwen2_5_vl", "prunevid_qwen2_vl", "prunevid_qwen3_vl"}
+    assert model_id in registered, f"{model_id} is not an installed entry point: reinstall (pip install -e .)"
+    assert eval_args.parse({}, model_id).pretrained == pretrained
+    assert eval_args.parse({}, model_id).model_id == model_id
+    for other in ("tiny", "tiny:qwen2_vl", "tiny:qwen3_vl"):
+        assert eval_args.parse({"pretrained": other}, model_id).pretrained == other
+    with pytest.raises(ConfigError, match=f"unknown model_arg 'frames' for {model_id}"):
+        eval_args.parse({"frames": 1}, model_id)
+    assert report.run_label(model_id, "pretrained=x,preset=paper,keep_ratio=0.3") == "paper keep_ratio=0.3"
+
+
+def test_qwen3_vl_frame_count_is_that_of_lmms_eval_qwen3_vl():
+    """lmms-eval's qwen3_vl passes max_num_frames as given and qwen-vl-utils rounds it half to even; qwen2_5_vl
+    floors min(max_num_frames, frames) to even. Each plugin name asks for its namesake's count (and never more than
+    the video has, where lmms-eval's qwen3_vl fails)."""
+    from qwen_vl_utils.vision_process import smart_nframes
+    for max_frames in range(2, 20):
+        want = smart_nframes({"nframes": max_frames}, total_frames=100, video_fps=10)
+        assert qwen_vl_utils_nframes(max_frames, 100, "prunevid_qwen3_vl") == want
+        assert qwen_vl_utils_nframes(max_frames, 100, "prunevid_qwen2_5_vl") == max_frames // 2 * 2
+    assert qwen_vl_utils_nframes(7, 8, "prunevid_qwen3_vl") == 8
+    assert qwen_vl_utils_nframes(7, 8, "prunevid_qwen2_vl") == 6
+    for model_id in eval_args.MODEL_IDS:                        # a video with fewer frames than asked: all it has
+        assert qwen_vl_utils_nframes(16, 7, model_id) == 6
 
 
 @pytest.mark.parametrize("name", ["keep_ratoi", "frames", "temperature"])

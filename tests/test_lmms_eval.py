@@ -104,15 +104,37 @@ def paper_run(lmms):
                 "prunevid_local,prunevid_local_image")
 
 
-def baseline_run(lmms):
-    return lmms("baseline", "prunevid_qwen2_5_vl", f"pretrained=tiny,preset=baseline,dtype=bf16,device=cpu,{SMALL}",
-                "prunevid_local", limit=None)
+@dataclass(frozen=True)
+class Local:
+    """One model family of the local-task parity cases: lmms-eval's own model, ours, and the random tiny checkpoint
+    both load (`pretrained=` of ours; lmms-eval's model takes its folder)."""
+    name: str                               # lmms-eval's own model
+    plugin: str                             # this project's lmms-eval model
+    tiny: str                               # "tiny" or "tiny:<model_type>"
+
+    def path(self) -> str:
+        from prunevid import loader
+        return loader.resolve_model(self.tiny)
 
 
-def reference_run(lmms):
-    """lmms-eval's own qwen2_5_vl (it loads bf16; device_map=cpu keeps it off CUDA) with the same frames and pixels."""
-    from prunevid.testing import tiny_model_path
-    return lmms("qwen2_5_vl", "qwen2_5_vl", f"pretrained={tiny_model_path()},device=cpu,device_map=cpu,"
+LOCAL = [Local("qwen2_5_vl", "prunevid_qwen2_5_vl", "tiny"),
+         Local("qwen3_vl", "prunevid_qwen3_vl", "tiny:qwen3_vl")]
+
+
+def _suffix(family: Local) -> str:
+    return "" if family is LOCAL[0] else f"-{family.name}"
+
+
+def baseline_run(lmms, family: Local = LOCAL[0]):
+    return lmms(f"baseline{_suffix(family)}", family.plugin,
+                f"pretrained={family.tiny},preset=baseline,dtype=bf16,device=cpu,{SMALL}", "prunevid_local",
+                limit=None)
+
+
+def reference_run(lmms, family: Local = LOCAL[0]):
+    """lmms-eval's own model of the family (it loads bf16; device_map=cpu keeps it off CUDA) with the same frames and
+    pixels."""
+    return lmms(family.name, family.name, f"pretrained={family.path()},device=cpu,device_map=cpu,"
                 "max_num_frames=4,max_pixels=12544,min_pixels=3136", "prunevid_local", limit=None)
 
 
@@ -177,7 +199,7 @@ def test_image_documents_are_answered_from_the_picture(lmms):
         assert r["frames"] == 1 and r["video_tokens"] == (r["frame_hw"][0] // 28) * (r["frame_hw"][1] // 28)
 
 
-# ---------------------------------------------------------------- baseline parity with lmms-eval's qwen2_5_vl
+# ---------------------------------------------------------------- baseline parity with lmms-eval's qwen2_5_vl and qwen3_vl
 
 def assert_same_samples(ours, ref, task, n, metric=ACC, near_ties: int = 0):
     """Sample by sample: the same prompt, raw and filtered answers, answer length, and the same score.
@@ -199,38 +221,78 @@ def assert_same_samples(ours, ref, task, n, metric=ACC, near_ties: int = 0):
     assert len(differ) <= near_ties, f"answers differ on samples {differ}"
     if not differ:
         assert ours.results["results"][task][metric] == ref.results["results"][task][metric]
+    return differ
 
 
-def test_baseline_equals_lmms_eval_qwen2_5_vl_sample_by_sample(lmms):
-    """Same frames (qwen_vl_utils), pixels, prompt and bf16 (what qwen2_5_vl loads): the same greedy answers."""
-    assert_same_samples(baseline_run(lmms), reference_run(lmms), "prunevid_local", 8, near_ties=1)
+def lmms_eval_inputs(family: Local, path: str, question: str, frames: int = 4):
+    """What lmms-eval's own model of the family (chat) hands transformers for one video and question, built the way it
+    builds it (12544/3136 pixels as SMALL; qwen3_vl: image_patch_size=16, the video metadata that gives each group its
+    `<t seconds>`, its video kwargs and do_resize=False)."""
+    from qwen_vl_utils import process_vision_info
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(family.path(), max_pixels=12544, min_pixels=3136)
+    video_kwargs = {"min_pixels": 3136, "nframes": frames, "max_pixels": 12544}
+    messages = [{"role": "system", "content": [{"type": "text", "text": eval_args.DEFAULT_SYSTEM_PROMPT}]},
+                {"role": "user", "content": [{"type": "video", "video": path, **video_kwargs},
+                                             {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template([messages], tokenize=False, add_generation_prompt=True)
+    qwen3 = family.name == "qwen3_vl"
+    _, videos, qwen_kwargs = process_vision_info([messages], return_video_kwargs=True, return_video_metadata=True,
+                                                 **({"image_patch_size": 16} if qwen3 else {}))
+    videos, metas = zip(*videos)
+    extra = {**video_kwargs, **qwen_kwargs, "do_resize": False} if qwen3 else {}
+    return processor(text=text, videos=list(videos), video_metadata=list(metas), return_tensors="pt", **extra)
+
+
+def baseline_engine(family: Local, dtype: str):
+    from prunevid.pipeline import PruneVid
+    settings = eval_args.parse({"pretrained": family.tiny, "preset": "baseline", "dtype": dtype, "max_frames": 4,
+                                "max_pixels": 12544, "min_pixels": 3136}, family.plugin)
+    return PruneVid(family.tiny, config=settings.config, device="cpu", dtype=dtype), settings
+
+
+@pytest.mark.parametrize("family", LOCAL, ids=lambda f: f.name)
+def test_baseline_equals_lmms_eval_sample_by_sample(family, lmms):
+    """Same frames (qwen_vl_utils), pixels, prompt and bf16 (what lmms-eval's qwen2_5_vl and qwen3_vl load): the same
+    greedy answers. A sample whose bf16 answers differ (a near-tie of the random model's logits) must give the same
+    answer in fp32: transformers' own generate on the inputs lmms-eval's model builds, and the engine."""
+    from transformers import AutoModelForImageTextToText
+    differ = assert_same_samples(baseline_run(lmms, family), reference_run(lmms, family), "prunevid_local", 8,
+                                 near_ties=1)
+    if not differ:
+        return
+    docs = json.loads((TASKS / "prunevid_local" / "prunevid_local.json").read_text())
+    model = AutoModelForImageTextToText.from_pretrained(family.path(), dtype=torch.float32).eval()
+    pv, settings = baseline_engine(family, "fp32")
+    for doc_id in differ:
+        path, question = str(clips.resolve(docs[doc_id]["video"])), reference_run(lmms, family).samples[
+            "prunevid_local"][doc_id]["input"]
+        ref = lmms_eval_inputs(family, path, question)
+        enc = engine.encode(pv.model, read_video(path, settings, pv.family.token_factor()), settings.config)
+        assert torch.equal(engine.reference_input_ids(pv.model, enc, question), ref["input_ids"][0])
+        with torch.inference_mode():
+            theirs = model.generate(**ref, max_new_tokens=16, do_sample=False)[0, ref["input_ids"].shape[1]:]
+        assert [int(x) for x in pv.answer(enc, question, 16)["ids"]] == theirs.tolist(), f"doc {doc_id} in fp32"
 
 
 @pytest.mark.parametrize("video", ["sample:bikes.mp4", "generated:blue_ball_down"])
-def test_the_default_reader_gives_the_pixels_and_times_qwen2_5_vl_gives(video, eval_env):
-    """What lmms-eval's qwen2_5_vl (chat) hands transformers for a video, built the way it builds it: the plugin's
-    frames make the same pixel_values, grid and second_per_grid_ts (so identical answers are no coincidence)."""
-    from qwen_vl_utils import process_vision_info
-    from transformers import AutoProcessor
-
-    from prunevid.testing import tiny_model_path
-    from prunevid.video import to_patches
-    processor = AutoProcessor.from_pretrained(str(tiny_model_path()), max_pixels=12544, min_pixels=3136)
-    path = str(clips.resolve(video))
-    messages = [{"role": "user", "content": [{"type": "video", "video": path, "max_pixels": 12544, "min_pixels": 3136,
-                                              "nframes": 4}, {"type": "text", "text": "What happens?"}]}]
-    text = processor.apply_chat_template([messages], tokenize=False, add_generation_prompt=True)
-    _, videos, _ = process_vision_info([messages], return_video_kwargs=True, return_video_metadata=True)
-    videos, metas = zip(*videos)
-    ref = processor(text=text, videos=list(videos), video_metadata=list(metas), return_tensors="pt")
-
-    settings = eval_args.parse({"max_frames": 4, "max_pixels": 12544, "min_pixels": 3136})
-    clip = read_video(path, settings)
-    vp = processor.video_processor
-    pixels, thw = to_patches(clip.frames, vp.image_mean, vp.image_std)
+@pytest.mark.parametrize("family", LOCAL, ids=lambda f: f.name)
+def test_the_default_reader_gives_the_pixels_times_and_prompt_lmms_eval_gives(family, video, eval_env):
+    """What lmms-eval's own model of the family hands transformers for a video (lmms_eval_inputs): the plugin's frames
+    make the same pixel_values and grid, its times the same second_per_grid_ts (Qwen2.5-VL) or `<t seconds>`
+    (Qwen3-VL), and the engine's unpruned prompt the same input_ids (so identical answers are no coincidence)."""
+    pv, settings = baseline_engine(family, "fp32")
+    path, question = str(clips.resolve(video)), "What happens?"
+    ref = lmms_eval_inputs(family, path, question)
+    clip = read_video(path, settings, pv.family.token_factor())
+    pixels, thw = pv.model.patches(clip.frames)
+    assert clip.frames.shape[0] == 4
     assert thw == tuple(ref["video_grid_thw"][0].tolist())
     assert (pixels - ref["pixel_values_videos"]).abs().max() <= 1e-5
-    assert ref["second_per_grid_ts"][0] == pytest.approx(2 / clip.fps)
+    if "second_per_grid_ts" in ref:
+        assert ref["second_per_grid_ts"][0] == pytest.approx(2 / clip.fps)
+    enc = engine.encode(pv.model, clip, settings.config)
+    assert torch.equal(engine.reference_input_ids(pv.model, enc, question), ref["input_ids"][0])
 
 
 # ---------------------------------------------------------------- positions after a long clip (docs/evaluation.md)

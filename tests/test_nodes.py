@@ -27,6 +27,7 @@ FOREIGN_TYPES = {"VHS_VIDEOINFO"}    # VideoHelperSuite's video_info, accepted f
 PRESETS = ("paper", "baseline", "conservative", "aggressive", "stage1_only", "stage2_only", "no_cache_compression")
 FAST = {"max_frames": 8, "max_pixels": 224 * 224}   # patched into the workflows to keep the tests fast
 TINY = "tiny-qwen25vl"                               # the tiny model's folder name under models/LLM
+FAMILY_WORKFLOWS = {"qwen3_vl_paper": ("qwen3_vl", "paper")}   # a family's workflow -> (its tiny model, preset)
 
 
 # ------------------------------------------------------------------ ComfyUI stand-ins
@@ -132,6 +133,9 @@ def env(tmp_path_factory, tiny_model_dir, sample_video):
     (models / "LLM").mkdir(parents=True)
     inputs.mkdir()
     os.symlink(tiny_model_dir, models / "LLM" / TINY)
+    from prunevid.loader import resolve_model
+    for family, _ in FAMILY_WORKFLOWS.values():
+        os.symlink(resolve_model(f"tiny:{family}"), models / "LLM" / f"tiny-{family}")
     not_qwen = models / "LLM" / "not-qwen"
     not_qwen.mkdir()
     (not_qwen / "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -348,6 +352,11 @@ def test_model_combo_lists_llm_folders_and_hub_ids(env):
         assert f"Qwen/Qwen3-VL-{size}-Instruct" in choices
     for size in ("9B", "27B"):                     # listed on 4.57 too: loading refuses there with the version needed
         assert f"Qwen/Qwen3.5-{size}" in choices
+    for size in ("30B-A3B", "235B-A22B"):
+        assert {f"Qwen/Qwen3-VL-{size}-Instruct", f"Qwen/Qwen3-VL-{size}-Thinking"} <= set(choices)
+    tooltip = env.pack.NODE_CLASS_MAPPINGS["PruneVidModelLoader"].INPUT_TYPES()["required"]["model"][1]["tooltip"]
+    assert "Qwen2.5-VL 3B ~7.5 GB, 7B ~16.6 GB" in tooltip
+    assert "Qwen3-VL-MoE 30B-A3B ~62.1 GB, 30B-A3B-Thinking ~62.1 GB, 235B-A22B ~471 GB" in tooltip
     fp = sys.modules["folder_paths"]
     assert str(env.models / "LLM") in fp.get_folder_paths("LLM")
 
@@ -614,6 +623,23 @@ def test_api_workflow_runs_and_stats_match_preset(env, rec, name):
     images = [i for i, n in prompt.items() if n["class_type"] == "PreviewImage"]
     assert len(images) == 2 and all(out[i]["ui"]["images"] for i in images)
     assert any(nid == gen for nid, _ in rec.texts), "the answer was streamed to the Generate node"
+
+
+@pytest.mark.parametrize("name", FAMILY_WORKFLOWS)
+def test_a_family_workflow_runs_on_that_family(env, name):
+    """The family's workflow on its tiny checkpoint: the answer comes from that family, pruned as its preset says."""
+    family, preset = FAMILY_WORKFLOWS[name]
+    prompt = api_workflow(name)
+    prompt[find(prompt, "PruneVidModelLoader")]["inputs"]["model"] = f"tiny-{family}"
+    out = execute(env, prompt)
+    answer, stats_json = out[find(prompt, "PruneVidGenerate")]["result"]
+    stats, cfg = json.loads(stats_json), preset_config(env, preset)
+    from prunevid.families import family as family_class
+    assert answer.strip() and stats["family"] == family_class(family).display_name
+    assert stats["stage1"]["enabled"] == cfg.enable_stage1 and stats["stage3"]["enabled"]
+    assert stats["stage2"]["pruning_layer"] == cfg.pruning_layer
+    assert stats["tokens"]["video_after_stage2"] < stats["tokens"]["video_after_stage1"] < stats["tokens"][
+        "video_original"]
 
 
 def test_core_loadvideo_interop_workflow_runs(env):

@@ -7,6 +7,8 @@ from prunevid import PruneVidQwen25VL, cli, engine, get_baseline_config, get_pap
 from prunevid.errors import ConfigError, InputError, VideoError
 from prunevid.video import sample_video_path
 
+from conftest import FAMILIES
+
 Q = "What happens in this video?"
 
 
@@ -34,6 +36,15 @@ def test_paper_preset_on_bigbuckbunny_reports_consistent_stats(paper_model, samp
     assert t["time_to_first_token_s"] == pytest.approx(
         t["vision_s"] + t["stage1_s"] + t["prefill_s"] + t["decode_first_token_s"])
     assert 0 < s["flops"]["Qwen2.5-VL-7B_ratio"] < 1
+    # every released shape prunes after the same layer M, whatever its depth (docs/method.md, presets across depths)
+    tok = s["tokens"]
+    seq = (tok["sequence_unpruned"], tok["sequence_after_stage1"], tok["sequence_after_stage2"])
+    from prunevid import stats
+    from prunevid.families import Qwen25VL
+    M = s["stage2"]["pruning_layer"]
+    assert {Qwen25VL.flops_shapes[n][0] for n in Qwen25VL.flops_shapes} != {28}        # depths other than 28 exist
+    for name, (layers, d, d_kv, d_ff) in Qwen25VL.flops_shapes.items():
+        assert s["flops"][f"{name}_ratio"] == pytest.approx(stats.flops_ratio(layers, d, d_kv, d_ff, *seq, M))
 
 
 def test_baseline_keeps_every_token(tiny_model_dir, sample_video):
@@ -144,25 +155,28 @@ def test_make_tiny_model_command(tmp_path, capsys):
     assert err.startswith("prunevid: error: cannot build a tiny model in") and err.count("\n") == 1
 
 
-def test_every_family_from_the_cli_and_the_api(tmp_path, capsys):
+@pytest.mark.parametrize("model_type", [f for f in FAMILIES if f != "qwen2_5_vl"])
+def test_every_family_from_the_cli_and_the_api(model_type, tmp_path, capsys):
     """--model takes a checkpoint of any family (the family read from config.json); make-tiny-model builds each;
     an unknown family is one line naming the supported ones."""
-    assert cli.main(["make-tiny-model", str(tmp_path / "q2"), "--family", "qwen2_vl"]) == 0
-    assert json.loads((tmp_path / "q2" / "config.json").read_text())["model_type"] == "qwen2_vl"
+    from prunevid.families import family
+    cls = family(model_type)
+    assert cli.main(["make-tiny-model", str(tmp_path / "m"), "--family", model_type]) == 0
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == model_type
     capsys.readouterr()
-    assert cli.main(["ask", "sample:carphone_pristine.mp4", Q, "--model", str(tmp_path / "q2"), "--stats",
+    assert cli.main(["ask", "sample:carphone_pristine.mp4", Q, "--model", str(tmp_path / "m"), "--stats",
                      "--max-new-tokens", "3", "--max-frames", "4"]) == 0
     err = capsys.readouterr().err
-    assert "Model family: Qwen2-VL" in err and "Qwen2-VL-7B shape" in err
-    pv = pipeline.PruneVid("tiny:qwen2_vl", config=get_paper_config(max_frames=4), device="cpu", dtype="fp32",
+    assert f"Model family: {cls.display_name}" in err and f"{next(iter(cls.flops_shapes))} shape" in err
+    pv = pipeline.PruneVid(f"tiny:{model_type}", config=get_paper_config(max_frames=4), device="cpu", dtype="fp32",
                            lazy=True)
-    assert pv._model is None and pv.family.display_name == "Qwen2-VL"      # known from config.json, not loaded
+    assert pv._model is None and pv.family is cls                     # known from config.json, not loaded
     out = pv.generate(video_path=sample_video_path("bikes.mp4"), question=Q, max_new_tokens=2, return_stats=True)
-    assert out["stats"]["family"] == "Qwen2-VL" and type(pv.model).__name__ == "Qwen2VL"
+    assert out["stats"]["family"] == cls.display_name and type(pv.model) is cls
     capsys.readouterr()
     assert cli.main(["ask", "sample:bikes.mp4", Q, "--model", "tiny:llama"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "model_type 'llama'" in err and "qwen2_vl (Qwen2-VL)" in err
+    assert err.count("\n") == 1 and "model_type 'llama'" in err and f"{model_type} ({cls.display_name})" in err
 
 
 def test_cli_fails_fast_before_loading_the_model(tmp_path, capsys):

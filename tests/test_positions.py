@@ -1,4 +1,5 @@
-"""The original 3-D position rule of every family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), on every transformers version."""
+"""The original 3-D position rule of every family (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE), on every
+transformers version."""
 import types
 
 import pytest
@@ -29,6 +30,10 @@ def reference_457(model_type: str, ids, image_grid_thw, video_grid_thw, seconds)
         from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig as Config
         from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel as Model
         timing = {}
+    elif model_type == "qwen3_vl_moe":           # its own copy of Qwen3-VL's get_rope_index
+        from transformers.models.qwen3_vl_moe.configuration_qwen3_vl_moe import Qwen3VLMoeConfig as Config
+        from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import Qwen3VLMoeModel as Model
+        timing = {}
     else:
         from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig as Config
         from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel as Model
@@ -43,7 +48,7 @@ def video_block(model_type: str, t: int, h: int, w: int, sec: float) -> list:
     """A video block of t groups of h x w patches as the family's prompt has it: ("ids", [...]) runs of text ids and
     ("vision", (t, h/2, w/2), sec) blocks of video pads (92) between <|vision_start|> (90) and <|vision_end|> (93);
     Qwen3-VL has one block per group, each after a timestamp (three text tokens, 1 here)."""
-    if model_type not in ("qwen3_vl", "qwen3_5"):
+    if not model_type.startswith("qwen3_vl") and model_type != "qwen3_5":
         return [("ids", [90]), ("vision", (t, h // 2, w // 2), sec), ("ids", [93])]
     out = []
     for _ in range(t):
@@ -198,7 +203,7 @@ def test_transformers_5_places_text_after_a_long_video_inside_its_timeline(model
 
 
 @pytest.mark.skipif(transformers.__version__.startswith("4."), reason="5.x's own get_rope_index")
-@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen3_5"])
+@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen3_vl_moe", "qwen3_5"])
 def test_qwen3_vl_transformers_5_agrees_with_the_original_rule(model_type):
     """Qwen3-VL lays every group out as its own one-group block (temporal = start), which ends at start + max(h, w)
     - 1: 5.x's "advance by max(h, w)" is then the original "max + 1", so 4.57, 5.x and ours agree (the Qwen2-VL
@@ -206,15 +211,15 @@ def test_qwen3_vl_transformers_5_agrees_with_the_original_rule(model_type):
     import importlib
 
     from transformers import AutoConfig
-    Model = getattr(importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}"),
-                    {"qwen3_vl": "Qwen3VLModel", "qwen3_5": "Qwen3_5Model"}[model_type])
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+    model_cls = getattr(transformers, MODEL_MAPPING_NAMES[model_type])          # Qwen3VLModel, Qwen3VLMoeModel
     config = AutoConfig.for_model(model_type, vision_start_token_id=90, image_token_id=91, video_token_id=92)
     fake = types.SimpleNamespace(config=config)
-    fake.get_vision_position_ids = types.MethodType(Model.get_vision_position_ids, fake)
+    fake.get_vision_position_ids = types.MethodType(model_cls.get_vision_position_ids, fake)
     ids, pieces, videos, image = two_videos_and_an_image(model_type)
     types_ = (ids == 92).long() * 2 + (ids == 91).long()
-    theirs, their_delta = Model.get_rope_index(fake, ids, types_, image_grid_thw=torch.tensor([image]),
-                                               video_grid_thw=torch.tensor([v[:3] for v in videos]))
+    theirs, their_delta = model_cls.get_rope_index(fake, ids, types_, image_grid_thw=torch.tensor([image]),
+                                                   video_grid_thw=torch.tensor([v[:3] for v in videos]))
     ours, delta = family_positions(model_type, pieces)
     assert torch.equal(ours, theirs[:, 0]) and delta == int(their_delta)
     video = (ids[0] == 92).nonzero().squeeze(1)

@@ -15,7 +15,8 @@ from conftest import PACK_DIR, load_pack, make_workflows
 WORKFLOWS = PACK_DIR / "workflows"
 CORE_IDS = PACK_DIR.parent / "shared" / "data" / "comfyui-core-node-ids.txt"
 PRESETS = ("paper", "baseline", "conservative", "aggressive", "stage1_only", "stage2_only", "no_cache_compression")
-NAMES = PRESETS + ("core_loadvideo_interop", "compare_two_clips")
+FAMILY_WORKFLOWS = {"qwen3_vl_paper": ("paper", "Qwen/Qwen3-VL-8B-Instruct")}   # name -> (preset, loader's model)
+NAMES = PRESETS + ("core_loadvideo_interop", "compare_two_clips") + tuple(FAMILY_WORKFLOWS)
 VIRTUAL = {"Note", "MarkdownNote"}          # frontend-only nodes: in the UI file, never in the API prompt
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 
@@ -206,10 +207,14 @@ def _values(prompt, class_type):
     return next(n["inputs"] for n in prompt.values() if n["class_type"] == class_type)
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", PRESETS + tuple(FAMILY_WORKFLOWS))
 def test_presets_carry_their_config_values(pack, name):
-    cfg = sys.modules[pack.__name__ + ".prunevid.config"].get_preset(name)
+    preset, model = FAMILY_WORKFLOWS.get(name, (name, None))
+    cfg = sys.modules[pack.__name__ + ".prunevid.config"].get_preset(preset)
     prompt = api(name)
+    if model is not None:       # a family's workflow: the preset's graph, that family's model in the loader
+        assert _values(prompt, "PruneVidModelLoader")["model"] == model
+        assert {n["class_type"] for n in prompt.values()} == {n["class_type"] for n in api(preset).values()}
     s1, s2 = _values(prompt, "PruneVidStage1Merge"), _values(prompt, "PruneVidStage2Select")
     s3, video = _values(prompt, "PruneVidKVCompress"), _values(prompt, "PruneVidLoadVideo")
     assert s1["enable"] == cfg.enable_stage1 and s1["tau"] == cfg.tau and s1["cluster_ratio"] == cfg.cluster_ratio

@@ -4,8 +4,9 @@
     python workflows/make_workflows.py --check  # exit 1 if a committed file differs from what would be written
 
 One UI-format workflow per preset (the same graph, different widget values), the same graphs in API format
-(for POST /prompt), core_loadvideo_interop: core Load Video feeding PruneVid Load Video's VIDEO input, and
-compare_two_clips: two Load Video nodes feeding one Stage 1 Merge (video, video_2), one question about both.
+(for POST /prompt), core_loadvideo_interop: core Load Video feeding PruneVid Load Video's VIDEO input,
+compare_two_clips: two Load Video nodes feeding one Stage 1 Merge (video, video_2), one question about both, and
+one paper-preset workflow per further model family (FAMILY_WORKFLOWS: the same graph with that family's model).
 
 UI-format rules the frontend follows (and these files therefore follow):
 - widgets_values lists the widget inputs in order: required, then optional; socket-only inputs (custom types,
@@ -64,7 +65,16 @@ PRESET_NOTES = {
                          "for one question. Each clip keeps its own time positions (Qwen2.5-VL's multi-video "
                          "layout) and is merged by Stage 1 on its own; Stage 2 keeps the tokens the question "
                          "attends to most across both. Stage 1 Merge also has video_3 and video_4 for more clips.",
+    "qwen3_vl_paper": "QWEN3-VL, PAPER preset: the paper preset's graph and values on Qwen/Qwen3-VL-8B-Instruct "
+                      "(any Qwen3-VL folder or hub id works in the loader). Qwen3-VL writes each pair of frames as "
+                      "its own block after a `<t seconds>` timestamp and adds DeepStack features after its first "
+                      "LLM layers: Stage 1 merges those features with the same clusters as the tokens, and every "
+                      "kept token keeps its own position. Stage 2 selects after layer 10 of the 8B's 36 (the same "
+                      "layer index on every model; set pruning_layer to about 11 to keep the paper's relative "
+                      "depth). Load Video reads frames on a 28-px grid; they are resized to Qwen3-VL's 32-px grid.",
 }
+# further families' paper-preset workflows: name -> the model the loader starts with
+FAMILY_WORKFLOWS = {"qwen3_vl_paper": "Qwen/Qwen3-VL-8B-Instruct"}
 USAGE_NOTE = ("\n\nHow to run: upload a video with the upload button of PruneVid Load Video (or type a server path), "
               "pick the model (a hub id downloads on first use unless a copy is in models/LLM), type your question "
               "in Stage 2 Select, press Run. The answer and the per-stage token counts appear on the right; the two "
@@ -312,6 +322,10 @@ def build_all(pack=None) -> dict:
     g = compare_graph(defs, config.get_preset("paper"))
     files["compare_two_clips.json"] = g.ui(PRESET_NOTES["compare_two_clips"] + COMPARE_USAGE_NOTE, (0, 1410))
     files["api/compare_two_clips.json"] = g.api()
+    for name, model_name in FAMILY_WORKFLOWS.items():
+        g = preset_graph(defs, config.get_preset("paper"), model_name=model_name)
+        files[f"{name}.json"] = g.ui(PRESET_NOTES[name] + USAGE_NOTE)
+        files[f"api/{name}.json"] = g.api()
     return files
 
 

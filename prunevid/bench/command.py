@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--new-tokens", type=int, default=32, help="tokens generated for the first question")
     ap.add_argument("--no-second-question", action="store_true", help="skip the reuse-path question")
     ap.add_argument("--model", default="bench", help="'bench' (Qwen2.5-VL, built under benchmarks/models), "
-                    "'bench:qwen2_vl' (Qwen2-VL), 'tiny', 'tiny:qwen2_vl', or a folder")
+                    "'bench:qwen2_vl' (Qwen2-VL), 'bench:qwen3_vl' (Qwen3-VL-8B's balance), 'tiny', "
+                    "'tiny:<model_type>', or a folder")
     ap.add_argument("--max-pixels", type=int, default=448 * 448, help="per frame (library default 448*448)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--device", default="cpu")

@@ -1,6 +1,6 @@
 """The analytic FLOPs model of a prefill: vision tower + merger, and the LLM before and after pruning, for the bench
 model and the released shapes of its family (Qwen2.5-VL 3B / 7B / 32B, Qwen2-VL 2B / 7B / 72B, Qwen3-VL 2B / 4B / 8B /
-32B).
+32B, Qwen3-VL-MoE 30B-A3B / 235B-A22B with d_ff the active width: the experts a token runs through).
 """
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ QWEN2VL_VISION = dict(hidden=1280, intermediate=5120, depth=32, fullatt=list(ran
 # main merger plus three DeepStack mergers (after blocks 8, 16, 24), each 4w -> 4w -> out on every merged token.
 QWEN3VL_VISION = dict(hidden=1152, intermediate=4304, depth=27, fullatt=list(range(27)), window=112, gated=False,
                       patch=16, mergers=4)
-# Qwen3.5: the same tower (transformers' Qwen3_5VisionConfig defaults), without the DeepStack mergers
+# Qwen3-VL-MoE's releases carry the same tower (the merger's output is the MoE LLM's width); Qwen3.5 the same tower
+# (transformers' Qwen3_5VisionConfig defaults) without the DeepStack mergers.
 QWEN35_VISION = dict(QWEN3VL_VISION, mergers=1)
 RELEASED_VISION = {"qwen2_5_vl": QWEN25VL_VISION, "qwen2_vl": QWEN2VL_VISION, "qwen3_vl": QWEN3VL_VISION,
-                   "qwen3_5": QWEN35_VISION}
+                   "qwen3_vl_moe": QWEN3VL_VISION, "qwen3_5": QWEN35_VISION}
 PAPER_FLOPS = (0.20, 0.26)          # PruneVid's reported FLOPs ratios (LLaVA-OneVision .. ST-LLM)
 
 
@@ -55,7 +56,7 @@ def bench_dims(qm) -> dict:
     if qm.model_type == "qwen2_vl":               # embed_dim wide, a plain MLP, full attention in every block
         vision = dict(hidden=vc.embed_dim, intermediate=vc.embed_dim * vc.mlp_ratio, depth=vc.depth,
                       fullatt=list(range(vc.depth)), window=112, gated=False)
-    elif qm.model_type == "qwen3_vl":             # a plain MLP, full attention, 16-px patches, DeepStack mergers
+    elif qm.model_type in ("qwen3_vl", "qwen3_vl_moe"):   # a plain MLP, full attention, 16-px, DeepStack mergers
         vision = dict(hidden=vc.hidden_size, intermediate=vc.intermediate_size, depth=vc.depth,
                       fullatt=list(range(vc.depth)), window=112, gated=False, patch=vc.patch_size,
                       mergers=1 + len(vc.deepstack_visual_indexes))
@@ -73,17 +74,18 @@ def real_dims(family: str = "qwen2_5_vl") -> dict:
             for name, (L, d, dkv, dff) in FAMILIES[family].flops_shapes.items()}
 
 
-def analytic(dims: dict, patch_grid: tuple, seq: dict, pruning_layer: int, ref_layers: int = 28) -> dict:
+def analytic(dims: dict, patch_grid: tuple, seq: dict, pruning_layer: int) -> dict:
     """Vision share of baseline prefill, LLM FLOPs ratio and the TTFT bound for one model shape and token counts.
 
     patch_grid: (t, gh, gw) in patches. seq: sequence_unpruned / after_stage1 / after_stage2 lengths.
-    pruning_layer is the measured model's (of ref_layers layers); other depths keep its relative depth.
+    pruning_layer: M, the same absolute layer index on every depth, as the engine applies a preset (docs/method.md,
+    "Presets across depths").
     """
     L = dims["layers"]
     v = vision_flops(*patch_grid, **dims["vision"], out_hidden=dims["d"])
     base = llm_flops(L, dims["d"], dims["d_kv"], dims["d_ff"], seq["unpruned"], seq["unpruned"], -1)
     pruned = pruning_layer >= 0 and seq["after_stage2"] < seq["after_stage1"]
-    M = round(pruning_layer * L / ref_layers) if pruned else -1
+    M = pruning_layer if pruned else -1
     ours = llm_flops(L, dims["d"], dims["d_kv"], dims["d_ff"], seq["after_stage1"], seq["after_stage2"], M)
     return {"vision_gflops": v / 1e9, "llm_gflops_baseline": base / 1e9, "llm_gflops": ours / 1e9,
             "vision_share": v / (v + base), "llm_flops_ratio": ours / base,

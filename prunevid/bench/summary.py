@@ -52,8 +52,8 @@ def summarize_case(case: dict, dims: dict) -> None:
                "after_stage2": p["tokens"]["sequence_after_stage2"]}
         grid = tuple(runs[0]["patch_grid"])
         M = case["pruning_layer"][name]
-        p["analytic"] = {"bench": analytic(dims, grid, seq, M, dims["layers"])}
-        p["analytic"].update({n: analytic(d, grid, seq, M, dims["layers"]) for n, d in shapes.items()})
+        p["analytic"] = {"bench": analytic(dims, grid, seq, M)}
+        p["analytic"].update({n: analytic(d, grid, seq, M) for n, d in shapes.items()})
     if base is None:
         return
     med = lambda p, k: (p["metrics"].get(k) or {}).get("median")     # noqa: E731

@@ -1,5 +1,5 @@
-"""PruneVid in lmms-eval: the `prunevid_qwen2_5_vl` and `prunevid_qwen2_vl` models (one name per family, as
-lmms-eval names its own; each takes a checkpoint of any supported family), its local test tasks, and
+"""PruneVid in lmms-eval: the `prunevid_qwen2_5_vl`, `prunevid_qwen2_vl` and `prunevid_qwen3_vl` models (one name per
+family, as lmms-eval names its own; each takes a checkpoint of any supported family), its local test tasks, and
 `prunevid eval-report`.
 
     manifest.py   the ModelManifest that the `lmms_eval.models` entry point hands to lmms-eval (no torch import)

@@ -1,6 +1,7 @@
-"""model_args of the lmms-eval models `prunevid_qwen2_5_vl` and `prunevid_qwen2_vl`, checked before any model is
-loaded. One model name per family, as lmms-eval names its own (qwen2_5_vl, qwen2_vl); each accepts a checkpoint of any
-supported family and differs only in its default `pretrained`.
+"""model_args of the lmms-eval models `prunevid_qwen2_5_vl`, `prunevid_qwen2_vl` and `prunevid_qwen3_vl`, checked
+before any model is loaded. One model name per family, as lmms-eval names its own (qwen2_5_vl, qwen2_vl, qwen3_vl);
+each accepts a checkpoint of any supported family and differs only in its default `pretrained` and in how its default
+video reader counts frames (that of its lmms-eval namesake, inputs.py).
 
     lmms-eval --model prunevid_qwen2_5_vl --model_args pretrained=...,preset=paper,keep_ratio=0.3,max_frames=16 ...
 
@@ -22,7 +23,8 @@ from ..video import MIN_PIXELS
 MODEL_ID = "prunevid_qwen2_5_vl"
 DEFAULT_PRETRAINED = "Qwen/Qwen2.5-VL-7B-Instruct"
 # one model name per family -> its default pretrained
-MODEL_IDS = {MODEL_ID: DEFAULT_PRETRAINED, "prunevid_qwen2_vl": "Qwen/Qwen2-VL-7B-Instruct"}
+MODEL_IDS = {MODEL_ID: DEFAULT_PRETRAINED, "prunevid_qwen2_vl": "Qwen/Qwen2-VL-7B-Instruct",
+             "prunevid_qwen3_vl": "Qwen/Qwen3-VL-8B-Instruct"}
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 VIDEO_READERS = ("qwen_vl_utils", "prunevid")
 # PruneVidConfig fields a model_arg may override (verbose and collect_stats are the plugin's business)
@@ -37,6 +39,7 @@ LMMS_ARGS = ("batch_size", "max_batch_size")
 
 @dataclass(frozen=True)
 class EvalSettings:
+    model_id: str              # the lmms-eval model name (prunevid_qwen2_5_vl, ...)
     pretrained: str
     preset: str
     config: PruneVidConfig
@@ -128,11 +131,11 @@ def parse(kwargs: dict, model_id: str = MODEL_ID) -> EvalSettings:
     if prompt and os.path.isfile(prompt):           # as lmms-eval's models do: a file path holds the prompt
         with open(prompt, encoding="utf-8") as f:
             prompt = f.read().strip()
-    return EvalSettings(pretrained=own["pretrained"], preset=own["preset"], config=config, overrides=overrides,
-                        min_pixels=own["min_pixels"], video_reader=own["video_reader"], dtype=own["dtype"],
-                        device=own["device"], attention=own["attention"], quantization=own["quantization"],
-                        device_map=own["device_map"], system_prompt=prompt, seed=own["seed"],
-                        batch_size=batch_size)
+    return EvalSettings(model_id=model_id, pretrained=own["pretrained"], preset=own["preset"], config=config,
+                        overrides=overrides, min_pixels=own["min_pixels"], video_reader=own["video_reader"],
+                        dtype=own["dtype"], device=own["device"], attention=own["attention"],
+                        quantization=own["quantization"], device_map=own["device_map"], system_prompt=prompt,
+                        seed=own["seed"], batch_size=batch_size)
 
 
 def decoding(gen_kwargs: dict, seed: int = 0) -> tuple:

@@ -10,3 +10,6 @@ MANIFEST = ModelManifest(model_id="prunevid_qwen2_5_vl",
 
 QWEN2_VL = ModelManifest(model_id="prunevid_qwen2_vl",
                          chat_class_path="prunevid.evaluation.model.PruneVidQwen2VLEval")
+
+QWEN3_VL = ModelManifest(model_id="prunevid_qwen3_vl",
+                         chat_class_path="prunevid.evaluation.model.PruneVidQwen3VLEval")

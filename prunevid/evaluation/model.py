@@ -1,4 +1,5 @@
-"""The lmms-eval model `prunevid_qwen2_5_vl`: Qwen2.5-VL through the PruneVid engine, --batch_size requests at a time.
+"""The lmms-eval models `prunevid_qwen2_5_vl`, `prunevid_qwen2_vl` and `prunevid_qwen3_vl`: a checkpoint of any
+supported family through the PruneVid engine, --batch_size requests at a time.
 
 lmms-eval finds it through the `lmms_eval.models` entry point (manifest.py) and builds it from --model_args
 (args.py). It is a chat model: each request carries the task's messages (video paths, PIL images, text).
@@ -101,10 +102,10 @@ class PruneVidQwen25VLEval(lmms):
         return self.pv.model.tokenizer
 
     def loglikelihood(self, requests):
-        raise NotImplementedError("Loglikelihood is not implemented for prunevid_qwen2_5_vl")
+        raise NotImplementedError(f"Loglikelihood is not implemented for {self.MODEL_ID}")
 
     def generate_until_multi_round(self, requests):
-        raise NotImplementedError("Multi-round generation is not implemented for prunevid_qwen2_5_vl")
+        raise NotImplementedError(f"Multi-round generation is not implemented for {self.MODEL_ID}")
 
     # ------------------------------------------------------------------ generation
 
@@ -128,7 +129,8 @@ class PruneVidQwen25VLEval(lmms):
         s = self.settings
         decoding = eval_args.decoding(gen_kwargs, s.seed)
         turn = turn_from_messages(self._messages(req), s.system_prompt)
-        encoded = engine.encode(self.pv.model, visual_input(turn, s), s.config)
+        # read on the loaded checkpoint's grid (28 px per token, 32 on Qwen3-VL), as lmms-eval's model of its family
+        encoded = engine.encode(self.pv.model, visual_input(turn, s, self.pv.family.token_factor()), s.config)
         return turn, encoded, decoding
 
     def _result(self, req: Instance, out: dict, encoded, until) -> GenerationResult:
@@ -231,3 +233,9 @@ class PruneVidQwen25VLEval(lmms):
 class PruneVidQwen2VLEval(PruneVidQwen25VLEval):
     """`prunevid_qwen2_vl`: the same model with Qwen2-VL-7B-Instruct as its default `pretrained`."""
     MODEL_ID = "prunevid_qwen2_vl"
+
+
+class PruneVidQwen3VLEval(PruneVidQwen25VLEval):
+    """`prunevid_qwen3_vl`: the same model with Qwen3-VL-8B-Instruct as its default `pretrained`, and the frame count
+    of lmms-eval's qwen3_vl in the default reader (inputs.py)."""
+    MODEL_ID = "prunevid_qwen3_vl"

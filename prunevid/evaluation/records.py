@@ -17,7 +17,9 @@ def sample_record(stats: dict, label: str, frames: int, frame_hw: tuple, rank: i
     """One answer's stats (prunevid.stats.final_stats) -> the record logged with the sample.
 
     retention: video tokens after Stage 2 / video tokens before Stage 1. flops_ratio_7b: analytic LLM prefill FLOPs
-    against the unpruned prompt for Qwen2.5-VL-7B's shape (flops_ratio: for the model that ran). ttft_s: vision
+    against the unpruned prompt for the shape of the family's headline released model, named in flops_reference
+    (Qwen2.5-VL-7B, Qwen2-VL-7B, or Qwen3-VL-8B: the key keeps its first name so that result files stay comparable;
+    flops_ratio: for the model that ran). ttft_s: vision
     tower + Stage 1 + prefill + first decoded token (video decoding not included). kv_bytes: the KV cache after
     the prefill (after Stage 3 when it runs); kv_bytes_unpruned: what the unpruned prompt would cache. rank: the
     data-parallel process that answered. frames / frame_hw: the frames (or images) the model saw, and their size.
@@ -31,7 +33,8 @@ def sample_record(stats: dict, label: str, frames: int, frame_hw: tuple, rank: i
         "sequence_unpruned": tok["sequence_unpruned"], "sequence_after_stage1": tok["sequence_after_stage1"],
         "sequence_after_stage2": tok["sequence_after_stage2"],
         "kv_bytes": s3["kv_bytes_after"], "kv_bytes_unpruned": s3["kv_bytes_unpruned"],
-        "flops_ratio": stats["flops"]["this_model_ratio"], "flops_ratio_7b": stats["flops"]["Qwen2.5-VL-7B_ratio"],
+        "flops_ratio": stats["flops"]["this_model_ratio"], "flops_ratio_7b": stats["flops"]["reference_ratio"],
+        "flops_reference": stats["flops"]["reference"],
         "vision_s": t["vision_s"], "stage1_s": t["stage1_s"], "prefill_s": t["prefill_s"],
         "ttft_s": t["time_to_first_token_s"], "new_tokens": t["new_tokens"],
     }

@@ -7,9 +7,9 @@ beside it, written with --log_samples), and prints one row per run and task:
 
 accuracy is the task's first metric as lmms-eval reports it; retention, FLOPs ratio and TTFT are the means of the
 per-sample PruneVid records (prunevid.evaluation.records). A group task (MVBench's 20 subtasks, say) is one row:
-the group's score and the means over all its subtasks' samples. Runs of lmms-eval's own qwen2_5_vl model are
-rows too, with retention and FLOPs ratio 1 (it keeps every token) and no TTFT. It also writes the table as
-Markdown and a plot of accuracy against retention (one point per run and task) as PNG.
+the group's score and the means over all its subtasks' samples. Runs of lmms-eval's own models (qwen2_5_vl,
+qwen2_vl, qwen3_vl) are rows too, with retention and FLOPs ratio 1 (they keep every token) and no TTFT. It also
+writes the table as Markdown and a plot of accuracy against retention (one point per run and task) as PNG.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from ..errors import InputError
 from . import args as eval_args
 from . import records
 
-UNPRUNED_MODELS = ("qwen2_5_vl", "qwen2_5_vl_chat")   # lmms-eval's own Qwen2.5-VL: every token kept
+# lmms-eval's own models of the families: every token kept
+UNPRUNED_MODELS = ("qwen2_5_vl", "qwen2_5_vl_chat", "qwen2_vl", "qwen2_vl_chat", "qwen3_vl", "qwen3_vl_chat")
 
 
 @dataclass

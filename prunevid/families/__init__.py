@@ -5,6 +5,7 @@
     qwen2_5_vl.py   Qwen2.5-VL = Qwen2-VL + timed temporal positions
     qwen3_vl.py     Qwen3-VL = Qwen2-VL + 16-px patches, per-group timestamped blocks, interleaved M-RoPE,
                     q/k norm, DeepStack
+    qwen3_vl_moe.py Qwen3-VL-MoE = Qwen3-VL with sparse expert MLPs: active-width FLOPs, no 8/4-bit
     qwen3_5.py      Qwen3.5 = Qwen3-VL without DeepStack, with linear-attention layers (transformers >= 5.25)
 
 A checkpoint's family is chosen from config.json's model_type.
@@ -17,8 +18,9 @@ from .qwen2_5_vl import Qwen25VL
 from .qwen2_vl import Qwen2VL
 from .qwen3_5 import Qwen35
 from .qwen3_vl import Qwen3VL
+from .qwen3_vl_moe import Qwen3VLMoe
 
-FAMILIES = {cls.model_type: cls for cls in (Qwen25VL, Qwen2VL, Qwen3VL, Qwen35)}     # model_type -> family; the default first
+FAMILIES = {cls.model_type: cls for cls in (Qwen25VL, Qwen2VL, Qwen3VL, Qwen3VLMoe, Qwen35)}     # model_type -> family; the default first
 DEFAULT = Qwen25VL
 
 
@@ -56,5 +58,5 @@ def for_hub_id(hub_id: str) -> type[VideoLLM] | None:
     return next((cls for cls in FAMILIES.values() if hub_id in cls.hub_ids), None)
 
 
-__all__ = ["FAMILIES", "DEFAULT", "VideoLLM", "Qwen2VL", "Qwen25VL", "Qwen3VL", "Qwen35", "family", "for_hub_id",
-           "supported", "unavailable"]
+__all__ = ["FAMILIES", "DEFAULT", "VideoLLM", "Qwen2VL", "Qwen25VL", "Qwen3VL", "Qwen3VLMoe", "Qwen35", "family",
+           "for_hub_id", "supported", "unavailable"]

@@ -19,6 +19,7 @@ The hooks, in the order a prompt meets them:
     attention_layers, pruning_layer()   which layers attend (Qwen3.5: every fourth) and where Stage 2 may select
     after_layer()              what the model adds to the hidden states after a layer (none; Qwen3-VL: DeepStack)
     keep_in_dtype, llm_of()    what 8/4-bit quantisation leaves alone, and where the decoder layers are
+    check_quantization()       refuses a quantisation the family's weights cannot take, before any weight is read
 """
 from __future__ import annotations
 
@@ -69,6 +70,11 @@ class VideoLLM:
         one frame, and a frame count that is not a multiple of the temporal patch is padded, as the processor does."""
         f = cls.token_factor()
         return -(-frames // cls.temporal_patch_size) * (height // f) * (width // f)
+
+    @classmethod
+    def check_quantization(cls, quantization: str, name: str) -> None:
+        """ModelError (one line, what to do) when `name` of this family cannot be loaded with `quantization`
+        ("8bit" / "4bit"); the loader asks before any download or weight read. Every mode loads, here."""
 
     # ---- the visual blocks: what every family shares unless it says otherwise
 

@@ -28,19 +28,22 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
+QWEN3 = ("qwen3_vl", "qwen3_vl_moe")   # the families with Qwen3-VL's files (nested config, 16-px processor, added tokens)
+
+
 def _round_up(n: int, k: int) -> int:
     return (n + k - 1) // k * k
 
 
 def _vision_config(family: str, p: dict) -> dict:
     """The vision_config of each family's hub repos, scaled down."""
-    if family == "qwen3_vl":                     # 16-px patches, learned 2-D position grid, DeepStack mergers
-        depth = max(3, p["vision_depth"])
-        return {"model_type": "qwen3_vl", "depth": depth, "hidden_size": p["vision_hidden_size"],
+    if family in QWEN3:                          # 16-px patches, learned 2-D position grid, DeepStack mergers
+        depth = max(1 + max(p["deepstack_visual_indexes"]), p["vision_depth"])
+        return {"model_type": family, "depth": depth, "hidden_size": p["vision_hidden_size"],
                 "hidden_act": "gelu_pytorch_tanh", "intermediate_size": p["vision_intermediate_size"],
                 "num_heads": p["vision_num_heads"], "in_channels": 3, "patch_size": 16, "spatial_merge_size": 2,
                 "temporal_patch_size": 2, "out_hidden_size": p["hidden_size"], "num_position_embeddings": 64,
-                "deepstack_visual_indexes": [0, 1, 2], "initializer_range": 0.02}
+                "deepstack_visual_indexes": p["deepstack_visual_indexes"], "initializer_range": 0.02}
     if family == "qwen2_vl":                     # full attention in every block; hidden_size is the merger's output
         return {"depth": p["vision_depth"], "embed_dim": p["vision_hidden_size"], "hidden_size": p["hidden_size"],
                 "hidden_act": "quick_gelu", "mlp_ratio": p["vision_intermediate_size"] // p["vision_hidden_size"],
@@ -67,32 +70,38 @@ def _vision_config(family: str, p: dict) -> dict:
     }
 
 
-def _qwen3_vl_config(p: dict, ids: dict, vocab_size: int) -> dict:
+def _qwen3_vl_config(p: dict, ids: dict, vocab_size: int, family: str = "qwen3_vl") -> dict:
     """The nested config.json of the Qwen/Qwen3-VL-*-Instruct repos (text_config with the legacy rope_scaling form
-    and mrope_interleaved, which 4.57 reads and 5.x converts), scaled down; three DeepStack levels, as released."""
+    and mrope_interleaved, which 4.57 reads and 5.x converts), scaled down; three DeepStack levels, as released.
+    Qwen3-VL-MoE's repos add the experts to text_config: every layer sparse (decoder_sparse_step 1, no
+    mlp_only_layers), p's num_experts of moe_intermediate_size, num_experts_per_tok of them per token."""
     head_dim = p["hidden_size"] // p["num_attention_heads"]
     half = head_dim // 2
     hw = half // 4
     mrope = [half - 2 * hw, hw, hw]              # Qwen's [24, 20, 20] of 64 scaled down: [4, 2, 2] of 8
     return {
-        "architectures": ["Qwen3VLForConditionalGeneration"],
-        "model_type": "qwen3_vl",
+        "architectures": ["Qwen3VLMoeForConditionalGeneration" if family == "qwen3_vl_moe"
+                          else "Qwen3VLForConditionalGeneration"],
+        "model_type": family,
         "image_token_id": ids["<|image_pad|>"],
         "video_token_id": ids["<|video_pad|>"],
         "vision_start_token_id": ids["<|vision_start|>"],
         "vision_end_token_id": ids["<|vision_end|>"],
         "tie_word_embeddings": False,
         "text_config": {
-            "model_type": "qwen3_vl_text", "attention_bias": False, "attention_dropout": 0.0,
+            "model_type": f"{family}_text", "attention_bias": False, "attention_dropout": 0.0,
             "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "dtype": "float32",
             "head_dim": head_dim, "hidden_act": "silu", "hidden_size": p["hidden_size"], "initializer_range": 0.02,
             "intermediate_size": p["intermediate_size"], "max_position_embeddings": 262144,
             "num_attention_heads": p["num_attention_heads"], "num_hidden_layers": p["num_hidden_layers"],
             "num_key_value_heads": p["num_key_value_heads"], "rms_norm_eps": 1e-06,
             "rope_scaling": {"mrope_interleaved": True, "mrope_section": mrope, "rope_type": "default"},
-            "rope_theta": 5000000, "tie_word_embeddings": False, "use_cache": True, "vocab_size": vocab_size},
+            "rope_theta": 5000000, "tie_word_embeddings": False, "use_cache": True, "vocab_size": vocab_size,
+            **({"decoder_sparse_step": 1, "mlp_only_layers": [], "num_experts": p["num_experts"],
+                "num_experts_per_tok": p["num_experts_per_tok"], "moe_intermediate_size": p["moe_intermediate_size"],
+                "router_aux_loss_coef": 0.001} if family == "qwen3_vl_moe" else {})},
         "dtype": "float32",
-        "vision_config": _vision_config("qwen3_vl", p),
+        "vision_config": _vision_config(family, p),
     }
 
 
@@ -130,8 +139,8 @@ def _config(family: str, p: dict, ids: dict, vocab_size: int) -> dict:
     4.57's attention then fails on rope_scaling["mrope_section"]. Both versions read "dtype" (the newer name).
     Qwen3-VL's repos are nested (_qwen3_vl_config).
     """
-    if family == "qwen3_vl":
-        return _qwen3_vl_config(p, ids, vocab_size)
+    if family in QWEN3:
+        return _qwen3_vl_config(p, ids, vocab_size, family)
     if family == "qwen3_5":
         return _qwen3_5_config(p, ids, vocab_size)
     head_dim = p["hidden_size"] // p["num_attention_heads"]
@@ -180,10 +189,23 @@ def _weight_shapes(config: dict) -> dict:
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
+def _hub_shapes(config: dict, shapes: dict) -> dict:
+    """The shapes as the hub checkpoints store them: Qwen3-VL-MoE's fused experts are [experts, d, 2 x moe width]
+    (gate_up_proj) and [experts, moe width, d] (down_proj), 4.57's layout; 5.x's modules hold them transposed and
+    transpose on load (its conversion mapping). The two are told apart by shape, so the tiny widths are not square."""
+    if config["model_type"] != "qwen3_vl_moe":
+        return shapes
+    tc = config["text_config"]
+    e, d, w = tc["num_experts"], tc["hidden_size"], tc["moe_intermediate_size"]
+    assert w != d and 2 * w != d, "square expert matrices: 5.x could not tell the hub layout from its own"
+    hub = {"mlp.experts.gate_up_proj": (e, d, 2 * w), "mlp.experts.down_proj": (e, w, d)}
+    return {k: next((v for s, v in hub.items() if k.endswith(s)), shape) for k, shape in shapes.items()}
+
+
 def _hub_name(name: str, family: str = "qwen2_5_vl") -> str:
     """transformers' module path -> the name in the hub checkpoints (model.visual.* -> visual.*, etc.; Qwen3-VL's
     repos use transformers' names)."""
-    if family in ("qwen3_vl", "qwen3_5"):
+    if family in (*QWEN3, "qwen3_5"):
         return name
     if name.startswith("model.visual."):
         return name[len("model."):]
@@ -216,14 +238,16 @@ def _write_json(path: Path, obj) -> None:
 
 def build_tiny_model(path, *, family="qwen2_5_vl", num_hidden_layers=None, hidden_size=64, intermediate_size=128,
                      num_attention_heads=4, num_key_value_heads=2, vision_depth=2, vision_hidden_size=32, vision_intermediate_size=64,
-                     vision_num_heads=2, vocab_extra=0, seed=0, overwrite=False) -> Path:
-    """Write a random checkpoint of `family` (a model_type: "qwen2_5_vl" or "qwen2_vl") into `path`: weights,
-    config, tokenizer, processor files.
+                     vision_num_heads=2, deepstack_visual_indexes=(0, 1, 2), num_experts=4, num_experts_per_tok=2,
+                     moe_intermediate_size=48, vocab_extra=0, seed=0, overwrite=False) -> Path:
+    """Write a random checkpoint of `family` (a model_type of prunevid.families.FAMILIES) into `path`: weights,
+    config, tokenizer, processor files. The expert settings are Qwen3-VL-MoE's (4 experts, 2 per token, 48 wide).
 
     28 decoder layers by default, like Qwen2-VL-7B and Qwen2.5-VL-7B, so layer indices of real pruning settings stay
     valid; Qwen3.5 has 8 (full attention in layers 3 and 7, the presets' M = 10 maps to 7).
     The config's vocab_size is the tokenizer length rounded up to 64, plus `vocab_extra` (real checkpoints also
-    have more embedding rows than tokens). Returns the folder.
+    have more embedding rows than tokens). deepstack_visual_indexes: the vision blocks whose features Qwen3-VL
+    injects after the first LLM layers (the released towers: 8, 16, 24 of 27). Returns the folder.
     """
     from safetensors.torch import save_file
 
@@ -245,16 +269,19 @@ def build_tiny_model(path, *, family="qwen2_5_vl", num_hidden_layers=None, hidde
     p = dict(num_hidden_layers=num_hidden_layers, hidden_size=hidden_size, intermediate_size=intermediate_size,
              num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
              vision_depth=vision_depth, vision_hidden_size=vision_hidden_size,
-             vision_intermediate_size=vision_intermediate_size, vision_num_heads=vision_num_heads)
+             vision_intermediate_size=vision_intermediate_size, vision_num_heads=vision_num_heads,
+             deepstack_visual_indexes=list(deepstack_visual_indexes), num_experts=num_experts,
+             num_experts_per_tok=num_experts_per_tok, moe_intermediate_size=moe_intermediate_size)
 
-    qwen3 = family in ("qwen3_vl", "qwen3_5")     # Qwen3's added tokens, template and processor files
+    qwen3 = family in (*QWEN3, "qwen3_5")     # Qwen3's added tokens, template and processor files
     added = tuple(QWEN3_ADDED_TOKENS) if qwen3 else ()
     tok = train_tokenizer(added)
     ids = {t: tok.token_to_id(t) for t in [*SPECIAL_TOKENS, *added]}
     vocab_size = _round_up(tok.get_vocab_size(with_added_tokens=True), 64) + vocab_extra
     config = _config(family, p, ids, vocab_size)
 
-    weights = _random_weights({_hub_name(k, family): v for k, v in _weight_shapes(config).items()}, seed)
+    shapes = _hub_shapes(config, _weight_shapes(config))
+    weights = _random_weights({_hub_name(k, family): v for k, v in shapes.items()}, seed)
     save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
     _write_json(path / "config.json", config)
     _write_json(path / "generation_config.json", {

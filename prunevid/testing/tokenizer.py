@@ -123,8 +123,8 @@ def train_tokenizer(added: tuple = ()):
 
 
 def chat_template(family: str) -> str:
-    """Qwen2-VL's and Qwen2.5-VL's template; Qwen3-VL's adds no default system message."""
-    if family == "qwen3_vl":
+    """Qwen2-VL's and Qwen2.5-VL's template; Qwen3-VL's (and Qwen3-VL-MoE's) adds no default system message."""
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
         return CHAT_TEMPLATE.replace("{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}", "")
     return CHAT_TEMPLATE
 
