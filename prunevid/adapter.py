@@ -48,6 +48,8 @@ def padding_mask(layer, valid: torch.Tensor, dtype: torch.dtype):
     SDPA and eager take an additive [B, 1, 1, keys] mask (0 or the dtype's minimum); flash-attention takes the 2-D
     padding mask transformers itself passes it ([B, keys], 1 = attend).
     """
+    if not hasattr(layer, "self_attn"):                # a linear-attention layer: a new token needs no mask
+        return None
     if layer.self_attn.config._attn_implementation == "flash_attention_2":
         return valid.long()
     mask = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
@@ -58,7 +60,7 @@ def causal_mask(layer, hidden: torch.Tensor, cache) -> torch.Tensor | None:
     """The additive mask [1, 1, n, past + n] that eager attention needs for n > 1 new tokens after `past` cached ones
     (query i sees keys up to past + i); None for every other implementation and for a single token."""
     n = hidden.shape[1]
-    if n == 1 or layer.self_attn.config._attn_implementation != "eager":
+    if n == 1 or not hasattr(layer, "self_attn") or layer.self_attn.config._attn_implementation != "eager":
         return None
     past = cache.get_seq_length(layer.self_attn.layer_idx)
     query = torch.arange(past, past + n, device=hidden.device)

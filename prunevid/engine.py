@@ -291,11 +291,16 @@ def assemble(qm: VideoLLM, encoded: Encoded, question: str, system_prompt: str) 
 
 # ---------------------------------------------------------------- prefill (question dependent)
 
-def check_pruning_layer(qm: VideoLLM, config: PruneVidConfig) -> None:
-    """Stage 2 selects after layer M: M must be one of the model's layers."""
-    if config.enable_stage2 and config.pruning_layer >= qm.num_layers:
+def check_pruning_layer(qm: VideoLLM, config: PruneVidConfig) -> int:
+    """Stage 2 selects after layer M: M must be one of the model's layers, and one the family can score at
+    (qm.pruning_layer: Qwen3.5 maps the presets' M to a full-attention layer). Returns the M used."""
+    if not config.enable_stage2:
+        return config.pruning_layer
+    M = qm.pruning_layer(config.pruning_layer)
+    if M >= qm.num_layers:
         raise ConfigError(f"pruning_layer must be below the layer count of {qm.name} ({qm.num_layers}), got "
                           f"{config.pruning_layer}; use 0..{qm.num_layers - 1}")
+    return M
 
 
 @dataclass
@@ -349,8 +354,7 @@ def run_layers(qm: VideoLLM, seqs: list, config: PruneVidConfig, keep_visual: li
     keep_visual: [B] forced Stage 2 selections (indices into each row's merged visual tokens), for reference checks.
     """
     loader.require_loaded(qm)
-    check_pruning_layer(qm, config)
-    M = config.pruning_layer
+    M = check_pruning_layer(qm, config)
     t0 = time.perf_counter()
     B, dev = len(seqs), qm.device
     n = torch.tensor([s.embeds.shape[0] for s in seqs])
@@ -377,7 +381,7 @@ def run_layers(qm: VideoLLM, seqs: list, config: PruneVidConfig, keep_visual: li
                     kept_visual[b] = keep_visual[b].cpu().sort().values
                 keep_seq[b] = _kept_sequence(seq, kept_visual[b])
             t_score = time.perf_counter() - ts
-        h = qm.decoder_layer(layer, h, rope, cache)
+        h = qm.decoder_layer(layer, h, rope, cache, lengths=n)
         if prune and i == M:                            # layers > M see only each row's kept tokens
             idx = pad_rows(keep_seq).to(h.device)      # [B, K] (padding repeats index 0)
             h = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
@@ -496,6 +500,7 @@ def decode(qm: VideoLLM, cache: KVCache, lengths: torch.Tensor, logits: torch.Te
     out_ids, all_logits = [[] for _ in range(B)], [[] for _ in range(B)]
     first, end = [0.0] * B, [0.0] * B
     rows = list(range(B))                                # the original row of each active batch row
+    attending = set(qm.attention_layers)
     step = 0
     while True:
         stay = []
@@ -525,7 +530,8 @@ def decode(qm: VideoLLM, cache: KVCache, lengths: torch.Tensor, logits: torch.Te
         masks = {}
         for i, layer in enumerate(qm.layers):
             h, rope = placement.follow(layer, h, rope)
-            key = (prompt_len[i], tuple(lengths[i].tolist()), h.device)
+            # a linear-attention layer (Qwen3.5) takes no mask: it never shares one with an attention layer
+            key = (prompt_len[i], tuple(lengths[i].tolist()), h.device, i in attending)
             if key not in masks:                         # two distinct masks per step at most (layers <= M, > M)
                 masks[key] = _decode_mask(layer, lengths[i], prompt_len[i], step, h.dtype, h.device)
             h = qm.decoder_layer(layer, h, rope, cache, attention_mask=masks[key])

@@ -158,6 +158,8 @@ def load(model_path: str, dtype: str = "auto", device: str = "auto", attention: 
                              "'Qwen/Qwen2.5-VL-7B-Instruct')")
         source = str(model_path)
         family = families.for_hub_id(source)
+        if family is not None and families.unavailable(family):     # refuse before a download, not after
+            raise ModelError(f"{source}: {families.unavailable(family)}")
     if family is not None:
         family.check_quantization(quantization, source)      # before a download
     offline = not local.exists() and hub_offline(source)

@@ -77,7 +77,8 @@ def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, kv_bytes: int
     n0, n1, n2 = encoded.original_tokens, encoded.merged_tokens, int(kept_visual.numel())
     L0, L1, L2 = seq.unpruned_length, seq.embeds.shape[0], int(keep_seq.numel())
     text = L0 - n0
-    M = config.pruning_layer if n2 < n1 else -1
+    used = qm.pruning_layer(config.pruning_layer) if config.enable_stage2 else config.pruning_layer
+    M = used if n2 < n1 else -1
     layers, d, d_kv, d_ff = qm.dims()
     segments = [len(it.tokens.segments) for it in encoded.items]
     static = sum(it.tokens.static_locations for it in encoded.items)
@@ -90,15 +91,21 @@ def prefill_stats(qm, encoded, seq, kept_visual, keep_seq, config, kv_bytes: int
         # than keep_ratio when blocks are small)
         "stage2": {"enabled": M >= 0, "original_tokens": n1, "compressed_tokens": n2,
                    "keep_ratio": config.keep_ratio if M >= 0 else None, "kept_fraction": n2 / max(1, n1),
-                   "pruning_layer": config.pruning_layer if M >= 0 else None,
+                   "pruning_layer": M if M >= 0 else None,
+                   # what the config asked for; it differs where the family maps it (Qwen3.5: the presets' 10 -> 7,
+                   # the last full-attention layer at or before it)
+                   "requested_pruning_layer": config.pruning_layer if M >= 0 else None,
                    # a token budget (retention / budget_tokens): its target, and whether Stage 1 alone already met
                    # it (Stage 2 then keeps every token and is reported as not pruning)
                    "target_tokens": stage2.target_tokens(config, n0) if config.enable_stage2 else None,
                    "stage1_met_target": (config.enable_stage2 and config.has_budget
                                          and n1 <= stage2.target_tokens(config, n0))},
-        # kv_bytes_unpruned: what the unpruned prompt would cache (all layers, every token), for the real ratio
+        # kv_bytes_unpruned: what the unpruned prompt would cache (every attention layer, every token, and any
+        # linear layers' fixed-size state), for the real ratio; the kv_bytes count what the cache really holds
         "stage3": {"enabled": False, "kv_bytes_before": kv_bytes, "kv_bytes_after": kv_bytes,
-                   "reduction_ratio": 0.0, "kv_bytes_unpruned": L0 * layers * 2 * d_kv * qm.dtype.itemsize},
+                   "reduction_ratio": 0.0,
+                   "kv_bytes_unpruned": (L0 * len(qm.attention_layers) * 2 * d_kv * qm.dtype.itemsize
+                                         + qm.state_bytes())},
         "tokens": {"video_original": n0, "video_after_stage1": n1, "video_after_stage2": n2,
                    "retention": n2 / max(1, n0), "text": text, "sequence_unpruned": L0,
                    "sequence_after_stage1": L1, "sequence_after_stage2": L2},
@@ -161,6 +168,8 @@ def format_stats(stats: dict) -> str:
         f"({s1['reduction_percentage']:.1f}% fewer, {s1['segments']} segment{'' if s1['segments'] == 1 else 's'}, static {100 * s1['static_ratio']:.1f}%)"
         if s1["enabled"] else f"Stage 1: off ({s1['original_tokens']} video tokens)",
         f"Stage 2: {s2['original_tokens']} -> {s2['compressed_tokens']} video tokens after layer {s2['pruning_layer']}"
+        + (f" (pruning_layer {s2['requested_pruning_layer']} mapped to the full-attention layer at or before it)"
+           if s2.get("requested_pruning_layer") not in (None, s2["pruning_layer"]) else "")
         + (f" (kept {100 * s2['kept_fraction']:.1f}% at keep_ratio {s2['keep_ratio']:g})" if "kept_fraction" in s2
            else "")
         if s2["enabled"] else ("Stage 2: kept every token (Stage 1 already met the token budget of "

@@ -114,10 +114,13 @@ def test_a_batched_prefill_is_never_mutated(qm, encodings):
     cfg = get_paper_config()
     bp = stage3.compress(batch.prefill_batch(encodings(cfg), QUESTIONS, cfg))
     lengths = list(bp.cache.lengths)
+    states = [s.clone() for s in bp.cache.conv + bp.cache.recurrent if s is not None]   # Qwen3.5's linear layers
     first = batch.generate_batch(bp, params())
     second = batch.generate_batch(bp, params())
     assert [o["ids"] for o in first] == [o["ids"] for o in second]
-    assert bp.cache.lengths == lengths and bp.cache.keys[0].shape[0] == 4
+    assert bp.cache.lengths == lengths and bp.cache.keys[qm.attention_layers[0]].shape[0] == 4
+    assert all(torch.equal(a, b) for a, b in zip(states, [s for s in bp.cache.conv + bp.cache.recurrent
+                                                           if s is not None]))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from prunevid import engine, stage2, stage3
-from prunevid.config import get_baseline_config, get_paper_config, get_stage1_only_config
+from prunevid.config import PRESETS, get_baseline_config, get_paper_config, get_preset, get_stage1_only_config
 from prunevid.errors import BudgetError, ConfigError, InputError, ModelError
 
 Q = "What is the rabbit doing in this video?"
@@ -109,6 +109,39 @@ def test_all_stages_off_greedy_tokens_equal_model_generate(qm, clip, baseline):
     assert ours == ref[0, ids.numel():].tolist()[:len(ours)]
 
 
+def test_image_all_stages_off_greedy_tokens_equal_model_generate(qm, clip):
+    image = clip.frames[0]
+    encoded = engine.encode(qm, [image], get_baseline_config())
+    ids = engine.reference_input_ids(qm, encoded, Q)
+    pixels, thw = qm.patches(image[None])
+    extra = {}
+    if "mm_token_type_ids" in inspect.signature(qm.model.model.get_rope_index).parameters:   # transformers 5.x
+        extra["mm_token_type_ids"] = (ids == qm.token_id(qm.pad_token("image"))).long()[None]
+    pf = engine.prefill(encoded, Q, get_baseline_config())
+    ours = engine.generate(pf, engine.SamplingParams(max_new_tokens=12))["ids"]
+    with torch.no_grad():
+        ref = qm.model.generate(input_ids=ids[None], attention_mask=torch.ones_like(ids)[None], pixel_values=pixels,
+                                image_grid_thw=torch.tensor([thw]), **extra, max_new_tokens=12, do_sample=False,
+                                eos_token_id=qm.eos_token_ids, pad_token_id=qm.eos_token_ids[0])
+    assert ours == ref[0, ids.numel():].tolist()[:len(ours)]
+
+
+def test_text_only_prompt_through_the_layer_loop_equals_model_generate(qm):
+    """No visual token at all: the loop and decoding alone (Qwen3.5: the linear layers' state carried from the
+    prompt through every step) against transformers' generate."""
+    ids = torch.tensor(qm.tokenizer.encode(f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n"))
+    L, none = ids.numel(), torch.zeros(0, dtype=torch.long)
+    seq = engine.Sequence(embeds=qm.embed(ids), positions=torch.arange(L).expand(3, L), visual_cols=none,
+                          blocks=none, query_start=L, next_position=L, text_ids=ids, unpruned_length=L)
+    rows = engine.run_layers(qm, [seq], get_baseline_config())
+    ours = engine.decode(qm, rows.cache, rows.lengths, rows.logits, [L], [ids],
+                         [engine.SamplingParams(max_new_tokens=12)])[0]["ids"]
+    with torch.no_grad():
+        ref = qm.model.generate(input_ids=ids[None], attention_mask=torch.ones_like(ids)[None], max_new_tokens=12,
+                                do_sample=False, eos_token_id=qm.eos_token_ids, pad_token_id=qm.eos_token_ids[0])
+    assert ours == ref[0, L:].tolist()[:len(ours)]
+
+
 def test_merged_and_kept_tokens_carry_their_representatives_unpruned_positions(qm, paper):
     cfg = get_paper_config()
     seq = engine.assemble(qm, paper, Q, engine.DEFAULT_SYSTEM_PROMPT)
@@ -137,7 +170,8 @@ def uncached_reference_logits(qm, encoded, question, cfg, pf, new_ids, compresse
     """Run prompt + generated tokens in one pass with explicit masks, no cache, same kept tokens.
 
     Layers 0..M see every prompt token (causal); a generated token there sees only kept ones when the cache is
-    compressed. Layers > M see kept prompt tokens and the generated ones.
+    compressed. Layers > M see kept prompt tokens and the generated ones. A linear-attention layer (Qwen3.5) takes no
+    mask: it runs causally over every token it is given, as its carried state does (Stage 3 leaves that state).
     """
     seq = engine.assemble(qm, encoded, question, engine.DEFAULT_SYSTEM_PROMPT)
     emb = qm.language_model.embed_tokens
@@ -157,7 +191,7 @@ def uncached_reference_logits(qm, encoded, question, cfg, pf, new_ids, compresse
         rope = qm.rotary(h, pos)
         for i, layer in enumerate(qm.layers):
             mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))[None, None]
-            out = layer(h, attention_mask=mask, position_embeddings=rope)
+            out = layer(h, attention_mask=mask if i in qm.attention_layers else None, position_embeddings=rope)
             h = out[0] if isinstance(out, tuple) else out
             if i == M:
                 h, rope = h[:, keep], tuple(r[..., keep, :] for r in rope)
@@ -167,18 +201,38 @@ def uncached_reference_logits(qm, encoded, question, cfg, pf, new_ids, compresse
         return qm.model.lm_head(qm.language_model.norm(h))[0, -G - 1:]   # last prompt token + each fed token
 
 
-@pytest.mark.parametrize("compressed", [False, True])
-@pytest.mark.parametrize("M", [10, 1])
-def test_cached_decoding_equals_uncached_reference(qm, paper, compressed, M):
-    """M = 1 selects before the tiny Qwen3-VL's last DeepStack layer (2): the later level goes to the kept tokens only."""
-    cfg = get_paper_config(pruning_layer=M)
-    pf = engine.prefill(paper, Q, cfg)
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_cached_decoding_equals_uncached_reference(qm, clip, paper, preset):
+    """Every preset (Stage 3 where it compresses): the cached answer's logits equal one uncached pass."""
+    cfg = get_preset(preset)
+    encoded = paper if preset == "paper" else engine.encode(qm, clip, cfg)
+    pf = engine.prefill(encoded, Q, cfg)
+    compressed = cfg.enable_cache_compression and pf.pruning_layer >= 0
     if compressed:
         pf = stage3.compress(pf)
     out = engine.generate(pf, engine.SamplingParams(max_new_tokens=6), return_logits=True)
     fed = out["ids"][:-1]                      # every generated token but the last was fed back
     assert len(fed) >= 1
-    ref = uncached_reference_logits(qm, paper, Q, cfg, pf, fed, compressed)
+    ref = uncached_reference_logits(qm, encoded, Q, cfg, pf, fed, compressed)
+    assert out["logits"].shape == ref.shape
+    assert (out["logits"] - ref).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("M", [10, 1])
+def test_cached_decoding_equals_uncached_reference_at_m(qm, paper, compressed, M):
+    """M = 1 selects before the tiny Qwen3-VL's last DeepStack layer (2): the later level goes to the kept tokens only."""
+    if M not in qm.attention_layers and M != 10:       # Qwen3.5: layer 1 is linear (test_qwen3_5.py uses M = 3)
+        pytest.skip(f"{qm.display_name} selects only at a full-attention layer {qm.attention_layers}")
+    cfg = get_paper_config(pruning_layer=M)
+    pf = engine.prefill(paper, Q, cfg)
+    encoded = paper
+    if compressed:
+        pf = stage3.compress(pf)
+    out = engine.generate(pf, engine.SamplingParams(max_new_tokens=6), return_logits=True)
+    fed = out["ids"][:-1]                      # every generated token but the last was fed back
+    assert len(fed) >= 1
+    ref = uncached_reference_logits(qm, encoded, Q, cfg, pf, fed, compressed)
     assert out["logits"].shape == ref.shape
     assert (out["logits"] - ref).abs().max() <= 1e-4
 
@@ -189,7 +243,10 @@ def test_stage3_leaves_prefix_kept_and_suffix_in_every_layer(qm, paper):
     full_len = pf.cache.get_seq_length(0)
     comp = stage3.compress(pf)
     kept = pf.keep_seq.numel()
-    assert all(n == kept for n in comp.cache.lengths)
+    assert all(comp.cache.lengths[i] == kept for i in qm.attention_layers)
+    for i in set(range(qm.num_layers)) - set(qm.attention_layers):     # linear layers: the fixed-size state stays
+        assert torch.equal(comp.cache.recurrent[i], pf.cache.recurrent[i])
+        assert torch.equal(comp.cache.conv[i], pf.cache.conv[i])
     assert comp.stats["stage3"]["kv_bytes_after"] < comp.stats["stage3"]["kv_bytes_before"]
     assert pf.cache.get_seq_length(0) == full_len            # the input prefill is untouched
     assert comp.stats["tokens"]["sequence_after_stage2"] == kept
@@ -212,11 +269,15 @@ def test_stage2_keeps_the_configured_fraction_per_block(qm, paper):
 def test_stage2_scores_the_input_of_layer_m(qm, paper, with_rope):
     """Stage 2 reads layer M's attention on layer M's input, the hidden states after layers 0..M-1 of an unpruned
     forward (transformers' own, here): a selection made one layer early or late fails, which the accuracy oracle
-    cannot always tell (its M - 1 scores pick nearly the same tokens)."""
+    cannot always tell (its M - 1 scores pick nearly the same tokens). Where only some layers attend (Qwen3.5),
+    M is the one the family maps the preset's to, and its neighbours are the nearest attending layers."""
     from test_stage2 import full_reference
     cfg = get_paper_config(score_with_rope=with_rope)
-    M = cfg.pruning_layer
     pf = engine.prefill(paper, Q, cfg)
+    M = pf.stats["stage2"]["pruning_layer"]
+    attending = qm.attention_layers
+    at = attending.index(M)
+    neighbours = attending[max(0, at - 1):at] + attending[at + 1:at + 2]
     seq = engine.assemble(qm, paper, Q, engine.DEFAULT_SYSTEM_PROMPT)
     with torch.no_grad():
         kwargs = {"position_ids": seq.positions[:, None], **qm.language_model_inputs(seq)}
@@ -224,9 +285,10 @@ def test_stage2_scores_the_input_of_layer_m(qm, paper, with_rope):
                                    **kwargs).hidden_states
         rope = qm.score_rope(seq.positions, torch.float32) if with_rope else None
         ref = {m: full_reference(qm.layers[m], hidden[m][0], seq.query_start, seq.visual_cols, "max", rope)
-               for m in (M - 1, M, M + 1)}
+               for m in (M, *neighbours)}
     assert torch.allclose(pf.scores, ref[M], rtol=1e-4, atol=1e-6), (pf.scores - ref[M]).abs().max()
-    for other in (M - 1, M + 1):                 # the tolerance above tells neighbouring layers apart
+    assert neighbours
+    for other in neighbours:                     # the tolerance above tells neighbouring layers apart
         assert not torch.allclose(pf.scores, ref[other], rtol=1e-2, atol=1e-4)
     assert torch.equal(pf.kept_visual, stage2.select(ref[M], seq.blocks, cfg.keep_ratio, cfg.selection_granularity))
 

@@ -107,3 +107,19 @@ def test_an_unknown_repo_is_one_line_naming_it(repo, tmp_path, monkeypatch):
         with pytest.raises(ModelError, match="cannot list the files of 'fake-org/nothing-here'") as e:
             download("fake-org/nothing-here")
     assert "\n" not in str(e.value)
+
+
+def test_a_family_the_installed_transformers_lacks_is_refused_before_any_download(monkeypatch):
+    """Qwen3.5 on transformers 4.57 (here the version string says so on either line): one line naming the version
+    it needs, from the hub id alone, before a byte is fetched; the same from a tiny:qwen3_5 or a folder's model_type."""
+    import transformers
+
+    from prunevid import families, loader
+    monkeypatch.setattr(transformers, "__version__", "4.57.6")
+    monkeypatch.setattr("prunevid.loader.download", lambda *a, **k: pytest.fail("downloaded"))
+    with pytest.raises(ModelError, match=r"^Qwen/Qwen3\.5-9B: Qwen3\.5 needs transformers >= 5\.25, "
+                                         r"installed 4\.57\.6$"):
+        loader.load("Qwen/Qwen3.5-9B", device="cpu")
+    with pytest.raises(ModelError, match=r"Qwen3\.5 needs transformers >= 5\.25, installed 4\.57\.6$"):
+        loader.resolve_model("tiny:qwen3_5")
+    assert families.unavailable(families.FAMILIES["qwen3_vl"]) is None

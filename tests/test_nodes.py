@@ -351,6 +351,8 @@ def test_model_combo_lists_llm_folders_and_hub_ids(env):
         assert f"Qwen/Qwen2.5-VL-{size}-Instruct" in choices
     for size in ("2B", "4B", "8B", "32B"):
         assert f"Qwen/Qwen3-VL-{size}-Instruct" in choices
+    for size in ("9B", "27B"):                     # listed on 4.57 too: loading refuses there with the version needed
+        assert f"Qwen/Qwen3.5-{size}" in choices
     for size in ("30B-A3B", "235B-A22B"):
         assert {f"Qwen/Qwen3-VL-{size}-Instruct", f"Qwen/Qwen3-VL-{size}-Thinking"} <= set(choices)
     tooltip = env.pack.NODE_CLASS_MAPPINGS["PruneVidModelLoader"].INPUT_TYPES()["required"]["model"][1]["tooltip"]

@@ -25,7 +25,8 @@ def reference_457(model_type: str, ids, image_grid_thw, video_grid_thw, seconds)
         from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLConfig as Config
         from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel as Model
         timing = {}
-    elif model_type == "qwen3_vl":               # the time is text: get_rope_index takes no seconds
+    elif model_type in ("qwen3_vl", "qwen3_5"):  # the time is text: get_rope_index takes no seconds (Qwen3.5, which
+        # 4.57 does not have, lays out positions as Qwen3-VL: 5.x's get_rope_index of both is the same code)
         from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig as Config
         from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel as Model
         timing = {}
@@ -47,7 +48,7 @@ def video_block(model_type: str, t: int, h: int, w: int, sec: float) -> list:
     """A video block of t groups of h x w patches as the family's prompt has it: ("ids", [...]) runs of text ids and
     ("vision", (t, h/2, w/2), sec) blocks of video pads (92) between <|vision_start|> (90) and <|vision_end|> (93);
     Qwen3-VL has one block per group, each after a timestamp (three text tokens, 1 here)."""
-    if not model_type.startswith("qwen3_vl"):
+    if not model_type.startswith("qwen3_vl") and model_type != "qwen3_5":
         return [("ids", [90]), ("vision", (t, h // 2, w // 2), sec), ("ids", [93])]
     out = []
     for _ in range(t):
@@ -202,11 +203,13 @@ def test_transformers_5_places_text_after_a_long_video_inside_its_timeline(model
 
 
 @pytest.mark.skipif(transformers.__version__.startswith("4."), reason="5.x's own get_rope_index")
-@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen3_vl_moe"])
+@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen3_vl_moe", "qwen3_5"])
 def test_qwen3_vl_transformers_5_agrees_with_the_original_rule(model_type):
     """Qwen3-VL lays every group out as its own one-group block (temporal = start), which ends at start + max(h, w)
     - 1: 5.x's "advance by max(h, w)" is then the original "max + 1", so 4.57, 5.x and ours agree (the Qwen2-VL
-    difference above cannot arise)."""
+    difference above cannot arise). Qwen3.5 (5.x only) has the same layout and get_rope_index."""
+    import importlib
+
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
     model_cls = getattr(transformers, MODEL_MAPPING_NAMES[model_type])          # Qwen3VLModel, Qwen3VLMoeModel

@@ -28,13 +28,14 @@ def full_reference(layer, hidden, query_start, video_cols, aggregation, rope):
     a = layer.self_attn
     x = layer.input_layernorm(hidden[None])[0]
     L, hd = x.shape[0], a.head_dim
-    q = a.q_proj(x).view(L, -1, hd)
+    q = a.q_proj(x).view(L, a.config.num_attention_heads, -1)[..., :hd]   # Qwen3.5: a gate follows each head's q
     k = a.k_proj(x).view(L, -1, hd)
     if hasattr(a, "q_norm"):                   # Qwen3's attention normalises q and k per head before RoPE
         q, k = a.q_norm(q), a.k_norm(k)
     q, k = q.transpose(0, 1), k.transpose(0, 1)
-    if rope is not None:
-        q, k = P.rotate(q, *rope), P.rotate(k, *rope)
+    if rope is not None:                       # on the tables' width (Qwen3.5 rotates a quarter of each head)
+        r = rope[0].shape[-1]
+        q, k = (torch.cat([P.rotate(t[..., :r], *rope), t[..., r:]], dim=-1) for t in (q, k))
     k = k.repeat_interleave(q.shape[0] // k.shape[0], dim=0)
     att = q @ k.transpose(1, 2) / math.sqrt(hd)
     if rope is not None:

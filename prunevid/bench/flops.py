@@ -13,9 +13,11 @@ QWEN2VL_VISION = dict(hidden=1280, intermediate=5120, depth=32, fullatt=list(ran
 # main merger plus three DeepStack mergers (after blocks 8, 16, 24), each 4w -> 4w -> out on every merged token.
 QWEN3VL_VISION = dict(hidden=1152, intermediate=4304, depth=27, fullatt=list(range(27)), window=112, gated=False,
                       patch=16, mergers=4)
-# Qwen3-VL-MoE's releases carry the same tower (the merger's output is the MoE LLM's width).
+# Qwen3-VL-MoE's releases carry the same tower (the merger's output is the MoE LLM's width); Qwen3.5 the same tower
+# (transformers' Qwen3_5VisionConfig defaults) without the DeepStack mergers.
+QWEN35_VISION = dict(QWEN3VL_VISION, mergers=1)
 RELEASED_VISION = {"qwen2_5_vl": QWEN25VL_VISION, "qwen2_vl": QWEN2VL_VISION, "qwen3_vl": QWEN3VL_VISION,
-                   "qwen3_vl_moe": QWEN3VL_VISION}
+                   "qwen3_vl_moe": QWEN3VL_VISION, "qwen3_5": QWEN35_VISION}
 PAPER_FLOPS = (0.20, 0.26)          # PruneVid's reported FLOPs ratios (LLaVA-OneVision .. ST-LLM)
 
 

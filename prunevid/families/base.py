@@ -16,6 +16,7 @@ The hooks, in the order a prompt meets them:
     embed(), rotary()          token embeddings and the decoder layers' rotary tables
     attention_qk()             the q and k a layer computes, for Stage 2's scoring
     decoder_layer(), logits()  one layer with the KV cache; the final norm and head
+    attention_layers, pruning_layer()   which layers attend (Qwen3.5: every fourth) and where Stage 2 may select
     after_layer()              what the model adds to the hidden states after a layer (none; Qwen3-VL: DeepStack)
     keep_in_dtype, llm_of()    what 8/4-bit quantisation leaves alone, and where the decoder layers are
     check_quantization()       refuses a quantisation the family's weights cannot take, before any weight is read
@@ -48,6 +49,7 @@ class VideoLLM:
     model_type: ClassVar[str] = ""               # config.json's model_type
     display_name: ClassVar[str] = ""             # "Qwen2.5-VL"
     transformers_class: ClassVar[str] = ""       # the transformers class that loads it
+    min_transformers: ClassVar[tuple] = ()       # the oldest transformers (major, minor) it runs on; () = any
     hub_ids: ClassVar[dict] = {}                 # released hub ids -> download size in GB (the loader's list)
     flops_shapes: ClassVar[dict] = {}            # released LLMs -> (layers, d, d_kv, d_ff); the first is the headline
     keep_in_dtype: ClassVar[tuple] = ()          # modules 8/4-bit quantisation leaves in the model's dtype
@@ -178,9 +180,26 @@ class VideoLLM:
         positions = positions[:, None, :] if positions.ndim == 2 else positions
         return self.language_model.rotary_emb(hidden, positions.to(hidden.device))
 
-    def decoder_layer(self, layer, hidden: torch.Tensor, rope, cache, attention_mask=None) -> torch.Tensor:
-        """One decoder layer on hidden [B, n, D], appending its keys and values to `cache`."""
+    def decoder_layer(self, layer, hidden: torch.Tensor, rope, cache, attention_mask=None,
+                      lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """One decoder layer on hidden [B, n, D], appending its keys and values to `cache`. lengths [B]: the real
+        tokens of each right-padded row (a prompt; None: no padding), which causal attention needs not know."""
         return adapter.decoder_layer(layer, hidden, rope, cache, attention_mask)
+
+    @property
+    def attention_layers(self) -> tuple:
+        """Indices of the layers with full attention, whose KV cache grows with the prompt: all of them here
+        (Qwen3.5: every fourth; the others keep a fixed-size linear-attention state)."""
+        return tuple(range(self.num_layers))
+
+    def state_bytes(self) -> int:
+        """Bytes of the fixed-size state one prompt keeps besides keys and values (Qwen3.5's linear layers); 0."""
+        return 0
+
+    def pruning_layer(self, requested: int) -> int:
+        """The layer Stage 2 selects at for a configured pruning_layer: the same one here (Qwen3.5 maps or
+        refuses a layer without full attention). ConfigError when there is none."""
+        return requested
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The final norm and the head: hidden [B, n, D] -> float32 logits [B, n, vocab]."""

@@ -105,6 +105,30 @@ def _qwen3_vl_config(p: dict, ids: dict, vocab_size: int, family: str = "qwen3_v
     }
 
 
+def _qwen3_5_config(p: dict, ids: dict, vocab_size: int) -> dict:
+    """Qwen3.5's nested config.json, built by transformers' own Qwen3_5Config (the family exists on 5.x only) and
+    scaled down: head_dim 32 with partial rotary 0.25 (8 rotary dims: interleaved M-RoPE sections [2, 1, 1], Qwen's
+    [11, 11, 10] of 32 scaled down), full attention every fourth layer, small Gated DeltaNet heads, no DeepStack."""
+    from transformers import Qwen3_5Config
+    text = {"model_type": "qwen3_5_text", "hidden_size": p["hidden_size"], "intermediate_size": p["intermediate_size"],
+            "num_hidden_layers": p["num_hidden_layers"], "num_attention_heads": p["num_attention_heads"],
+            "num_key_value_heads": p["num_key_value_heads"], "head_dim": 32, "linear_conv_kernel_dim": 4,
+            "linear_key_head_dim": 16, "linear_value_head_dim": 16, "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4, "full_attention_interval": 4, "max_position_embeddings": 262144,
+            "rms_norm_eps": 1e-06, "vocab_size": vocab_size, "tie_word_embeddings": False, "dtype": "float32",
+            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000000, "partial_rotary_factor": 0.25,
+                                "mrope_section": [2, 1, 1], "mrope_interleaved": True}}
+    vision = {k: v for k, v in _vision_config("qwen3_vl", p).items() if k != "deepstack_visual_indexes"}
+    config = Qwen3_5Config(text_config=text, vision_config={**vision, "model_type": "qwen3_5"},
+                           image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                           vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                           tie_word_embeddings=False, architectures=["Qwen3_5ForConditionalGeneration"])
+    out = config.to_dict()
+    out.pop("transformers_version", None)
+    return out
+
+
 def _config(family: str, p: dict, ids: dict, vocab_size: int) -> dict:
     """The flat config.json layout of the Qwen2-VL / Qwen2.5-VL hub repos, which 4.57 and 5.x both parse to the same
     model.
@@ -117,6 +141,8 @@ def _config(family: str, p: dict, ids: dict, vocab_size: int) -> dict:
     """
     if family in QWEN3:
         return _qwen3_vl_config(p, ids, vocab_size, family)
+    if family == "qwen3_5":
+        return _qwen3_5_config(p, ids, vocab_size)
     head_dim = p["hidden_size"] // p["num_attention_heads"]
     half = head_dim // 2
     hw = (half - half // 4) // 2
@@ -179,7 +205,7 @@ def _hub_shapes(config: dict, shapes: dict) -> dict:
 def _hub_name(name: str, family: str = "qwen2_5_vl") -> str:
     """transformers' module path -> the name in the hub checkpoints (model.visual.* -> visual.*, etc.; Qwen3-VL's
     repos use transformers' names)."""
-    if family in QWEN3:
+    if family in (*QWEN3, "qwen3_5"):
         return name
     if name.startswith("model.visual."):
         return name[len("model."):]
@@ -210,7 +236,7 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def build_tiny_model(path, *, family="qwen2_5_vl", num_hidden_layers=28, hidden_size=64, intermediate_size=128,
+def build_tiny_model(path, *, family="qwen2_5_vl", num_hidden_layers=None, hidden_size=64, intermediate_size=128,
                      num_attention_heads=4, num_key_value_heads=2, vision_depth=2, vision_hidden_size=32, vision_intermediate_size=64,
                      vision_num_heads=2, deepstack_visual_indexes=(0, 1, 2), num_experts=4, num_experts_per_tok=2,
                      moe_intermediate_size=48, vocab_extra=0, seed=0, overwrite=False) -> Path:
@@ -218,7 +244,7 @@ def build_tiny_model(path, *, family="qwen2_5_vl", num_hidden_layers=28, hidden_
     config, tokenizer, processor files. The expert settings are Qwen3-VL-MoE's (4 experts, 2 per token, 48 wide).
 
     28 decoder layers by default, like Qwen2-VL-7B and Qwen2.5-VL-7B, so layer indices of real pruning settings stay
-    valid.
+    valid; Qwen3.5 has 8 (full attention in layers 3 and 7, the presets' M = 10 maps to 7).
     The config's vocab_size is the tokenizer length rounded up to 64, plus `vocab_extra` (real checkpoints also
     have more embedding rows than tokens). deepstack_visual_indexes: the vision blocks whose features Qwen3-VL
     injects after the first LLM layers (the released towers: 8, 16, 24 of 27). Returns the folder.
@@ -227,6 +253,8 @@ def build_tiny_model(path, *, family="qwen2_5_vl", num_hidden_layers=28, hidden_
 
     from ..families import family as family_class
     cls = family_class(family, f"family {family!r}")
+    if num_hidden_layers is None:
+        num_hidden_layers = 8 if family == "qwen3_5" else 28
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ModelError(f"{path} is a file, not a folder: give a folder for the tiny model")
@@ -245,7 +273,8 @@ def build_tiny_model(path, *, family="qwen2_5_vl", num_hidden_layers=28, hidden_
              deepstack_visual_indexes=list(deepstack_visual_indexes), num_experts=num_experts,
              num_experts_per_tok=num_experts_per_tok, moe_intermediate_size=moe_intermediate_size)
 
-    added = tuple(QWEN3_ADDED_TOKENS) if family in QWEN3 else ()
+    qwen3 = family in (*QWEN3, "qwen3_5")     # Qwen3's added tokens, template and processor files
+    added = tuple(QWEN3_ADDED_TOKENS) if qwen3 else ()
     tok = train_tokenizer(added)
     ids = {t: tok.token_to_id(t) for t in [*SPECIAL_TOKENS, *added]}
     vocab_size = _round_up(tok.get_vocab_size(with_added_tokens=True), 64) + vocab_extra
@@ -259,12 +288,13 @@ def build_tiny_model(path, *, family="qwen2_5_vl", num_hidden_layers=28, hidden_
         "bos_token_id": ids["<|endoftext|>"], "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
         "pad_token_id": ids["<|endoftext|>"], "do_sample": False})
     tok.save(str(path / "tokenizer.json"))
-    _write_json(path / "tokenizer_config.json", tokenizer_config(ids, added, chat_template(family)))
-    _write_json(path / "chat_template.json", {"chat_template": chat_template(family)})
+    template = chat_template("qwen3_vl" if qwen3 else family)
+    _write_json(path / "tokenizer_config.json", tokenizer_config(ids, added, template))
+    _write_json(path / "chat_template.json", {"chat_template": template})
     # "...Fast": 4.57 loads the fast class anyway and warns when the file names the slow one; 5.x maps both
     # names to its one Qwen2VLImageProcessor. No video_preprocessor_config.json: like the hub repos, both versions
     # build the video processor from this file.
-    if family in QWEN3:                          # as the Qwen3-VL repos: mean/std 0.5, 16-px patches, a video file
+    if qwen3:                                    # as the Qwen3-VL repos: mean/std 0.5, 16-px patches, a video file
         processor = {"processor_class": "Qwen3VLProcessor", "do_convert_rgb": True, "do_normalize": True,
                      "do_rescale": True, "do_resize": True, "rescale_factor": 1 / 255, "image_mean": [0.5] * 3,
                      "image_std": [0.5] * 3, "patch_size": 16, "temporal_patch_size": 2, "merge_size": 2}
