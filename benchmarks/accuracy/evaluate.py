@@ -47,9 +47,11 @@ CONTROLS = {"paper": ("random", "least_attended"),
 CONTROL_ROWS = [r for pair in CONTROLS.values() for r in pair] + ["no_video_after_M"]
 
 
-def clip_of(s: data.Sample) -> Clip:
+def clip_of(s: data.Sample, qm: VideoLLM | None = None) -> Clip:
+    """The sample as a clip; with qm, its frames at that family's oracle side (model.on_grid: Qwen3-VL 128x128)."""
     T = s.frames.shape[0]
-    return Clip(torch.as_tensor(s.frames), s.fps, [i / s.fps for i in range(T)], f"synthetic {s.qtype}", s.fps, T)
+    frames = s.frames if qm is None else M.on_grid(qm, s.frames)
+    return Clip(torch.as_tensor(frames), s.fps, [i / s.fps for i in range(T)], f"synthetic {s.qtype}", s.fps, T)
 
 
 def preset(name: str, M_layer: int) -> C.PruneVidConfig:
@@ -108,7 +110,7 @@ class Evaluator:
                                   "flops_7b": flops_7b(st)})
 
     def run(self, s: data.Sample) -> None:
-        clip = clip_of(s)
+        clip = clip_of(s, self.qm)
         encoded = {}
 
         def enc(cfg):
