@@ -30,12 +30,12 @@ import torch
 
 from prunevid import config as C
 from prunevid import engine, loader, stats
-from prunevid.families import Qwen25VL, VideoLLM
+from prunevid.families import Qwen3VL, Qwen25VL, VideoLLM
 from prunevid.video import Clip
 
 from . import data
 from . import model as M
-from .train import CHECKPOINT
+from .train import CHECKPOINT, CHECKPOINTS
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -54,8 +54,8 @@ def clip_of(s: data.Sample, qm: VideoLLM | None = None) -> Clip:
     return Clip(torch.as_tensor(frames), s.fps, [i / s.fps for i in range(T)], f"synthetic {s.qtype}", s.fps, T)
 
 
-def preset(name: str, M_layer: int) -> C.PruneVidConfig:
-    return C.get_preset(name, pruning_layer=M_layer, max_frames=data.FRAMES)
+def preset(name: str, M_layer: int, **overrides) -> C.PruneVidConfig:
+    return C.get_preset(name, pruning_layer=M_layer, max_frames=data.FRAMES, **overrides)
 
 
 def same_budget(kept: torch.Tensor, blocks: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -69,12 +69,19 @@ def same_budget(kept: torch.Tensor, blocks: torch.Tensor, order: torch.Tensor) -
     return torch.cat(out).sort().values if out else kept[:0]
 
 
-def flops_7b(st: dict) -> float:
-    """LLM prefill FLOPs over the unpruned prompt's for the Qwen2.5-VL-7B shape with the paper's M = 10, for this
-    prompt's token counts (the oracle's own M is set by its depth; this column reads its token counts at 7B scale)."""
+# the released shape each family's oracle reads its token counts at, with the paper's M at that depth (Qwen3-VL-8B:
+# 36 layers, M = 12 keeps the paper's relative depth, docs/method.md "Presets across depths")
+REFERENCE_SHAPES = {"qwen2_5_vl": (Qwen25VL, "Qwen2.5-VL-7B", 10), "qwen3_vl": (Qwen3VL, "Qwen3-VL-8B", 12)}
+
+
+def flops_7b(st: dict, family: str = "qwen2_5_vl") -> float:
+    """LLM prefill FLOPs over the unpruned prompt's for the Qwen2.5-VL-7B shape with the paper's M = 10 (Qwen3-VL:
+    the 8B shape with M = 12), for this prompt's token counts (the oracle's own M is set by its depth; this column
+    reads its token counts at 7B scale)."""
     t = st["tokens"]
-    layers, d, d_kv, d_ff = Qwen25VL.flops_shapes["Qwen2.5-VL-7B"]
-    m = 10 if st["stage2"]["enabled"] else -1
+    cls, shape, m_ref = REFERENCE_SHAPES[family]
+    layers, d, d_kv, d_ff = cls.flops_shapes[shape]
+    m = m_ref if st["stage2"]["enabled"] else -1
     return stats.flops_ratio(layers, d, d_kv, d_ff, t["sequence_unpruned"], t["sequence_after_stage1"],
                              t["sequence_after_stage2"], m)
 
@@ -92,9 +99,11 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple:
 class Evaluator:
     """Runs samples through the engine under every row; keeps per-sample hits and stats."""
 
-    def __init__(self, qm: VideoLLM, rows=None, M_layer: int = M.PRUNING_LAYER, seed: int = 0):
+    def __init__(self, qm: VideoLLM, rows=None, M_layer: int = M.PRUNING_LAYER, seed: int = 0,
+                 overrides: dict | None = None):
         self.qm = qm
         self.M = M_layer
+        self.overrides = overrides or {}
         self.rows = rows or PRESET_ROWS + CONTROL_ROWS
         self.letters = torch.tensor([qm.tokenizer.encode(L, add_special_tokens=False)[0] for L in data.LETTERS])
         # one generator for the random rows, drawn in row order per clip: the recorded table used --rows' default
@@ -107,7 +116,7 @@ class Evaluator:
         self.results[row].append({"qtype": s.qtype, "hit": data.LETTERS[pred] == s.answer,
                                   "retention": st["tokens"]["retention"],
                                   "flops": st["flops"]["this_model_ratio"],
-                                  "flops_7b": flops_7b(st)})
+                                  "flops_7b": flops_7b(st, self.qm.model_type)})
 
     def run(self, s: data.Sample) -> None:
         clip = clip_of(s, self.qm)
@@ -125,13 +134,13 @@ class Evaluator:
         for row in self.rows:
             if row in CONTROL_ROWS:
                 continue
-            cfg = preset(row, self.M)
+            cfg = preset(row, self.M, **self.overrides)
             prefills[row] = pf = engine.prefill(enc(cfg), s.question, cfg)
             self._record(row, s, pf)
         for ref, (random_row, least_row) in CONTROLS.items():
             if random_row not in self.rows and least_row not in self.rows:
                 continue
-            cfg = preset(ref, self.M)
+            cfg = preset(ref, self.M, **self.overrides)
             pf = prefills.get(ref) or engine.prefill(enc(cfg), s.question, cfg)
             blocks = engine.assemble(self.qm, pf.encoded, s.question, engine.DEFAULT_SYSTEM_PROMPT).blocks
             if random_row in self.rows:
@@ -143,7 +152,7 @@ class Evaluator:
                 keep = same_budget(pf.kept_visual, blocks, order)
                 self._record(least_row, s, engine.prefill(pf.encoded, s.question, cfg, keep_visual=keep))
         if "no_video_after_M" in self.rows:
-            cfg = preset("stage2_only", self.M)
+            cfg = preset("stage2_only", self.M, **self.overrides)
             pf = engine.prefill(enc(cfg), s.question, cfg, keep_visual=torch.zeros(0, dtype=torch.long))
             self._record("no_video_after_M", s, pf)
 
@@ -180,11 +189,13 @@ LABELS = {"baseline": "baseline (no pruning)", "paper": "paper", "conservative":
 def render(res: dict) -> str:
     s = res["summary"]
     pm = lambda e: f"{100 * e['accuracy']:.1f} ({100 * e['ci'][0]:.1f}-{100 * e['ci'][1]:.1f})"  # noqa: E731
+    _, shape, m_ref = REFERENCE_SHAPES[res.get("family", "qwen2_5_vl")]
+    big = f"({shape.split('-')[-1]}, M = {m_ref})"
     lines = [f"Held-out set: {res['n']} clips ({res['n'] // len(data.TYPES)} per question type), seed "
              f"{data.HELD_OUT_SEED}; chance 25 %. Pruning layer M = {res['pruning_layer']} of {res['layers']} "
              f"(the paper's 10 of 28 at the same relative depth). Accuracy in % with its 95 % Wilson interval.",
              "",
-             "| method | accuracy % (95 % CI) | video tokens kept | LLM prefill FLOPs (this model) | (7B, M = 10) |",
+             f"| method | accuracy % (95 % CI) | video tokens kept | LLM prefill FLOPs (this model) | {big} |",
              "|---|---|---|---|---|"]
     for row in res["rows"]:
         e = s[row]
@@ -200,17 +211,22 @@ def render(res: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(CHECKPOINT))
+    ap.add_argument("--family", default="qwen2_5_vl", choices=sorted(CHECKPOINTS),
+                    help="whose committed checkpoint (--model's default) and results name (--name's default)")
+    ap.add_argument("--model", default="", help="checkpoint folder (default: the family's committed one)")
     ap.add_argument("--n", type=int, default=2400, help="held-out clips (a multiple of 4: the same count per type)")
     ap.add_argument("--rows", default=",".join(PRESET_ROWS + CONTROL_ROWS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pruning-layer", type=int, default=M.PRUNING_LAYER, help="M for every row")
-    ap.add_argument("--name", default="oracle", help="results/<name>.json and .md")
+    ap.add_argument("--name", default="", help="results/<name>.json and .md (default oracle, oracle_qwen3_vl)")
+    ap.add_argument("--config", default="", help="JSON PruneVidConfig overrides for every row (e.g. empty_groups)")
     args = ap.parse_args(argv)
+    args.model = args.model or str(CHECKPOINTS[args.family])
+    args.name = args.name or ("oracle" if args.family == "qwen2_5_vl" else f"oracle_{args.family}")
     torch.set_num_threads(args.threads)
     qm = loader.load(args.model, dtype="fp32", device="cpu")
     rows = [r for r in args.rows.split(",") if r]
-    ev = Evaluator(qm, rows, M_layer=args.pruning_layer)
+    ev = Evaluator(qm, rows, M_layer=args.pruning_layer, overrides=json.loads(args.config or "{}"))
     t0 = time.time()
     if args.n < len(data.TYPES) or args.n % len(data.TYPES):
         ap.error(f"--n must be a positive multiple of {len(data.TYPES)} (the same count per question type)")
@@ -222,7 +238,8 @@ def main(argv=None) -> int:
             print(f"{i + 1}/{len(samples)} {time.time() - t0:.0f}s {acc}", flush=True)
     model = Path(args.model).resolve()
     shown = model.relative_to(HERE.parent.parent) if model.is_relative_to(HERE.parent.parent) else model
-    res = {"model": str(shown), "n": len(samples), "rows": rows, "pruning_layer": ev.M, "layers": qm.num_layers,
+    res = {"model": str(shown), "family": qm.model_type, "n": len(samples), "rows": rows, "pruning_layer": ev.M,
+           "layers": qm.num_layers, **({"config": json.loads(args.config)} if args.config else {}),
            "minutes": (time.time() - t0) / 60, "summary": ev.summary()}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=1) + "\n")
