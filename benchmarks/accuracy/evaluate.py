@@ -4,7 +4,7 @@ Every row runs the held-out set (data.HELD_OUT_SEED, never trained on) through t
 (vision tower + Stage 1) and engine.prefill (layers, Stage 2 at layer M), and reads the first answer token's logits
 restricted to the option letters A-D (MVBench's protocol; chance is 25 %). Rows:
 
-- baseline and every preset, with pruning_layer M scaled to the oracle's depth (model.PRUNING_LAYER);
+- baseline and every preset, with the oracle's pruning_layer M (model.PRUNING_LAYERS: 2 of 6, Qwen3-VL 1);
 - controls at the paper preset's and at Stage 2 only's token budget, with the same number of tokens per selection
   block as that preset kept for that sample: `random` (uniform choice in each block, seeded) and `least attended`
   (the lowest Stage 2 scores in each block);
@@ -99,10 +99,10 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple:
 class Evaluator:
     """Runs samples through the engine under every row; keeps per-sample hits and stats."""
 
-    def __init__(self, qm: VideoLLM, rows=None, M_layer: int = M.PRUNING_LAYER, seed: int = 0,
+    def __init__(self, qm: VideoLLM, rows=None, M_layer: int | None = None, seed: int = 0,
                  overrides: dict | None = None):
         self.qm = qm
-        self.M = M_layer
+        self.M = M.PRUNING_LAYERS[qm.model_type] if M_layer is None else M_layer      # the family's oracle M
         self.overrides = overrides or {}
         self.rows = rows or PRESET_ROWS + CONTROL_ROWS
         self.letters = torch.tensor([qm.tokenizer.encode(L, add_special_tokens=False)[0] for L in data.LETTERS])
@@ -116,7 +116,9 @@ class Evaluator:
         self.results[row].append({"qtype": s.qtype, "hit": data.LETTERS[pred] == s.answer,
                                   "retention": st["tokens"]["retention"],
                                   "flops": st["flops"]["this_model_ratio"],
-                                  "flops_7b": flops_7b(st, self.qm.model_type)})
+                                  "flops_7b": flops_7b(st, self.qm.model_type),
+                                  "sequence": st["tokens"]["sequence_after_stage1"],
+                                  "sequence_kept": st["tokens"]["sequence_after_stage2"]})
 
     def run(self, s: data.Sample) -> None:
         clip = clip_of(s, self.qm)
@@ -166,7 +168,10 @@ class Evaluator:
             entry = {"n": n, "accuracy": p, "ci": [lo, hi],
                      "retention": sum(r["retention"] for r in recs) / n,
                      "flops": sum(r["flops"] for r in recs) / n,
-                     "flops_7b": sum(r["flops_7b"] for r in recs) / n, "by_type": {}}
+                     "flops_7b": sum(r["flops_7b"] for r in recs) / n,
+                     # prompt tokens in layers 0..M and after M (text included), mean over the samples
+                     "sequence": sum(r["sequence"] for r in recs) / n,
+                     "sequence_kept": sum(r["sequence_kept"] for r in recs) / n, "by_type": {}}
             for t in data.TYPES:
                 sub = [r for r in recs if r["qtype"] == t]
                 if sub:
@@ -191,9 +196,11 @@ def render(res: dict) -> str:
     pm = lambda e: f"{100 * e['accuracy']:.1f} ({100 * e['ci'][0]:.1f}-{100 * e['ci'][1]:.1f})"  # noqa: E731
     _, shape, m_ref = REFERENCE_SHAPES[res.get("family", "qwen2_5_vl")]
     big = f"({shape.split('-')[-1]}, M = {m_ref})"
+    depth = ("the paper's 10 of 28 at the same relative depth" if res["pruning_layer"] == 2
+             else "chosen for this oracle: docs/accuracy.md")
     lines = [f"Held-out set: {res['n']} clips ({res['n'] // len(data.TYPES)} per question type), seed "
              f"{data.HELD_OUT_SEED}; chance 25 %. Pruning layer M = {res['pruning_layer']} of {res['layers']} "
-             f"(the paper's 10 of 28 at the same relative depth). Accuracy in % with its 95 % Wilson interval.",
+             f"({depth}). Accuracy in % with its 95 % Wilson interval.",
              "",
              f"| method | accuracy % (95 % CI) | video tokens kept | LLM prefill FLOPs (this model) | {big} |",
              "|---|---|---|---|---|"]
@@ -217,7 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=2400, help="held-out clips (a multiple of 4: the same count per type)")
     ap.add_argument("--rows", default=",".join(PRESET_ROWS + CONTROL_ROWS))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--pruning-layer", type=int, default=M.PRUNING_LAYER, help="M for every row")
+    ap.add_argument("--pruning-layer", type=int, default=None,
+                    help="M for every row (default: the family's, model.PRUNING_LAYERS: 2, Qwen3-VL 1)")
     ap.add_argument("--name", default="", help="results/<name>.json and .md (default oracle, oracle_qwen3_vl)")
     ap.add_argument("--config", default="", help="JSON PruneVidConfig overrides for every row (e.g. empty_groups)")
     args = ap.parse_args(argv)
