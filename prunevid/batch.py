@@ -62,7 +62,8 @@ def prefill_batch(encoded: list, questions: list, config: PruneVidConfig, system
     engine.check_pruning_layer(qm, config)
     system_prompts = system_prompts or [DEFAULT_SYSTEM_PROMPT] * len(encoded)
     t0 = time.perf_counter()
-    seqs = [engine.assemble(qm, e, q, s) for e, q, s in zip(encoded, questions, system_prompts)]
+    seqs = [engine.assemble(qm, e, q, s, config.empty_groups)
+            for e, q, s in zip(encoded, questions, system_prompts)]
     rows = engine.run_layers(qm, seqs, config, progress=progress)
     timings = {**rows.timings, "prefill_s": time.perf_counter() - t0}
     row_stats = []

@@ -16,6 +16,7 @@ SAMPLINGS = ("uniform", "fps")
 GRANULARITIES = ("block", "global")  # block = official code (per segment / per group); global = one top-k
 ALLOCATIONS = ("size", "attention")   # how a token budget is shared across selection blocks
 STATIC_TESTS = ("mean", "min")        # Stage 1: mean pairwise similarity > tau (paper) or every pair > tau
+EMPTY_GROUPS = ("keep", "drop")       # per-group blocks (Qwen3-VL) of a group Stage 1 emptied: kept or left out
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class PruneVidConfig:
     min_tokens_per_block: int = 0         # every selection block keeps at least this many (paper: 0)
     static_test: str = "mean"             # Stage 1: "min" = static only if every pair of groups is similar > tau
     coverage: float = 0.0                 # share of Stage 2's count spread evenly over the tokens attention left
+    # Qwen3-VL's per-group `<t seconds><|vision_start|>...<|vision_end|>`: kept around a group Stage 1 emptied, or
+    # left out ("drop"); every other token keeps its position either way (docs/method.md, "Pruned layout")
+    empty_groups: str = "keep"
     # Stage 3: KV-cache compression of layers 0..M
     enable_cache_compression: bool = True
     # Video input
@@ -77,6 +81,7 @@ class PruneVidConfig:
               "an integer in [0, 1024]")
         check("static_test", self.static_test in STATIC_TESTS, f"one of {STATIC_TESTS}")
         check("coverage", _real(self.coverage) and 0.0 <= self.coverage <= 1.0, "in [0, 1]")
+        check("empty_groups", self.empty_groups in EMPTY_GROUPS, f"one of {EMPTY_GROUPS}")
         check("max_frames", isinstance(self.max_frames, int) and 2 <= self.max_frames <= 1024,
               "an integer in [2, 1024]")
         check("video_sampling", self.video_sampling in SAMPLINGS, f"one of {SAMPLINGS}")

@@ -193,20 +193,22 @@ class Sequence:
     text_ids: torch.Tensor      # [n] the prompt's text token ids
     unpruned_length: int
     extras: list = field(default_factory=list)  # [N, C_i] per extra stream of the merged tokens (DeepStack levels)
+    dropped_text: int = 0       # text tokens of the unpruned prompt left out (empty groups' wrappers, empty_groups)
 
 
 def prompt_pieces(qm: VideoLLM, encoded: Encoded, question: str, system_prompt: str) -> list:
     """The prompt in order as ("text", str) and ("vision", item, first group, end group) pieces: the chat template
     around each visual block, and inside each block the family's layout (one vision piece on Qwen2-VL and
-    Qwen2.5-VL; on Qwen3-VL a timestamp and a <|vision_start|> ... <|vision_end|> wrapper per temporal group)."""
+    Qwen2.5-VL; on Qwen3-VL a timestamp and a <|vision_start|> ... <|vision_end|> wrapper per temporal group, as
+    ("text", str, item, group) pieces)."""
     kinds = [it.kind for it in encoded.items]
     out = []
     for i, piece in enumerate(qm.chat_pieces(kinds, question, system_prompt)):
         out.append(("text", piece))
         if i < len(kinds):
             it = encoded.items[i]
-            out += [p if p[0] == "text" else ("vision", i, *p[1:])
-                    for p in qm.block_layout(it.kind, it.grid[0], it.times)]
+            out += [("text", p[1], i, p[2]) if p[0] == "text" and len(p) > 2 else p if p[0] == "text"
+                    else ("vision", i, *p[1:]) for p in qm.block_layout(it.kind, it.grid[0], it.times)]
     return out
 
 
@@ -224,12 +226,15 @@ def reference_input_ids(qm: VideoLLM, encoded: Encoded, question: str,
     return torch.tensor(ids, dtype=torch.long)
 
 
-def assemble(qm: VideoLLM, encoded: Encoded, question: str, system_prompt: str) -> Sequence:
+def assemble(qm: VideoLLM, encoded: Encoded, question: str, system_prompt: str,
+             empty_groups: str = "keep") -> Sequence:
     """The prompt around the merged visual tokens, each at its representative's unpruned position.
 
     A merged token goes into the vision piece of its representative's temporal group (Stage 1 emits them in group
     order, so the sequence keeps the merged tokens' order); every text piece (timestamps and wrappers included, even
-    around a group whose tokens were all merged into earlier ones) stays, at its unpruned positions.
+    around a group whose tokens were all merged into earlier ones) stays, at its unpruned positions. With
+    empty_groups="drop" the text pieces of a group left without tokens (Qwen3-VL's timestamp and wrapper) are left
+    out; every other token keeps the same position.
     """
     if not isinstance(question, str) or not question.strip():
         raise InputError("question is empty: ask something about the video")
@@ -280,13 +285,29 @@ def assemble(qm: VideoLLM, encoded: Encoded, question: str, system_prompt: str) 
     out = [full[:, span] if sel is None
            else full[:, originals[piece[1]][encoded.items[piece[1]].tokens.rep_index.cpu()[sel]]]
            for piece, span, sel in zip(pieces, spans, sels)]
+    dropped = 0
+    if empty_groups == "drop":
+        filled = [set((it.tokens.rep_index.cpu() // (it.grid[1] * it.grid[2])).tolist()) for it in encoded.items]
+        gone = [p[0] == "text" and len(p) == 4 and p[3] not in filled[p[2]] for p in pieces]
+        if any(gone):
+            text_ids = [ids for ids, p, g in zip(text_ids, [p for p in pieces if p[0] == "text"],
+                                                  [g for g, p in zip(gone, pieces) if p[0] == "text"]) if not g]
+            cols, n = [], 0
+            for piece, e, g in zip(pieces, embeds, gone):
+                if piece[0] == "vision":
+                    cols.append(torch.arange(n, n + e.shape[0]))
+                n += 0 if g else e.shape[0]
+                dropped += e.shape[0] if g else 0
+            visual_cols = cols
+            embeds = [e for e, g in zip(embeds, gone) if not g]
+            out = [o for o, g in zip(out, gone) if not g]
     visual_cols = torch.cat(visual_cols)
     levels = min((len(it.tokens.extras) for it in encoded.items), default=0)
     extras = [torch.cat([it.tokens.extras[lv] for it in encoded.items]) for lv in range(levels)]
     return Sequence(embeds=torch.cat(embeds), positions=torch.cat(out, dim=1), visual_cols=visual_cols,
                     blocks=torch.cat(blocks), query_start=int(visual_cols[-1]) + 1,
                     next_position=cursor + delta, text_ids=torch.cat(text_ids), unpruned_length=cursor,
-                    extras=extras)
+                    extras=extras, dropped_text=dropped)
 
 
 # ---------------------------------------------------------------- prefill (question dependent)
@@ -334,7 +355,7 @@ def _select(qm: VideoLLM, layer, hidden: torch.Tensor, positions: torch.Tensor, 
     q, k = qm.attention_qk(layer, hidden, seq.query_start, rope)
     scores = stage2.question_attention(q, k, seq.visual_cols.to(hidden.device), config.attention_aggregation,
                                        causal=rope is not None).cpu()
-    original = seq.unpruned_length - seq.text_ids.numel()             # the row's unpruned visual tokens
+    original = seq.unpruned_length - seq.text_ids.numel() - seq.dropped_text     # the row's unpruned visual tokens
     return stage2.choose(scores, seq.blocks, config, original), scores
 
 
@@ -412,7 +433,7 @@ def prefill(encoded: Encoded, question: str, config: PruneVidConfig, system_prom
     loader.require_loaded(qm)
     check_pruning_layer(qm, config)
     t0 = time.perf_counter()
-    seq = assemble(qm, encoded, question, system_prompt)
+    seq = assemble(qm, encoded, question, system_prompt, config.empty_groups)
     rows = run_layers(qm, [seq], config, None if keep_visual is None else [keep_visual], progress, return_hidden)
     st = stats.prefill_stats(qm, encoded, seq, rows.kept_visual[0], rows.keep_seq[0], config, rows.kv_bytes(0))
     st["timings"] = {**encoded.timings, **rows.timings, "prefill_s": time.perf_counter() - t0}

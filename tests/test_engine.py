@@ -237,6 +237,41 @@ def test_cached_decoding_equals_uncached_reference_at_m(qm, paper, compressed, M
     assert (out["logits"] - ref).abs().max() <= 1e-4
 
 
+def test_empty_groups_drop_leaves_only_their_text_out(qm, clip):
+    """empty_groups="drop" leaves out the timestamp and wrapper of each group Stage 1 emptied (Qwen3-VL; a no-op on
+    families with one block per video): every other token, visual and text, keeps its embedding and its position,
+    decoding continues at the same position, and Stage 2 keeps as many tokens per block (which ones follows the
+    attention, which the left-out text changes)."""
+    import dataclasses
+    still = dataclasses.replace(clip, frames=clip.frames[:1].repeat(clip.frames.shape[0], 1, 1, 1))
+    cfg = get_paper_config()
+    enc = engine.encode(qm, still, cfg)                 # a still clip: Stage 1 merges later groups into the first
+    keep = engine.assemble(qm, enc, Q, engine.DEFAULT_SYSTEM_PROMPT)
+    drop = engine.assemble(qm, enc, Q, engine.DEFAULT_SYSTEM_PROMPT, "drop")
+    groups = enc.items[0].grid[0]
+    filled = len(set((enc.items[0].tokens.rep_index // (enc.items[0].grid[1] * enc.items[0].grid[2])).tolist()))
+    per_group = len(qm.tokenizer.encode("<0.0 seconds><|vision_start|><|vision_end|>", add_special_tokens=False))
+    if qm.model_type == "qwen3_vl":
+        assert filled < groups and drop.dropped_text >= (groups - filled) * (per_group - 1) > 0
+    else:
+        assert drop.dropped_text == 0
+    assert keep.dropped_text == 0 and drop.embeds.shape[0] == keep.embeds.shape[0] - drop.dropped_text
+    # drop is keep with some columns left out: match every column of drop, in order, to the same column of keep
+    j, matched = 0, []
+    for i in range(keep.embeds.shape[0]):
+        if j < drop.embeds.shape[0] and torch.equal(keep.embeds[i], drop.embeds[j]) \
+                and torch.equal(keep.positions[:, i], drop.positions[:, j]):
+            matched.append(i)
+            j += 1
+    assert j == drop.embeds.shape[0]
+    assert torch.equal(torch.tensor(matched)[drop.visual_cols], keep.visual_cols)
+    assert drop.next_position == keep.next_position and torch.equal(drop.blocks, keep.blocks)
+    a, b = engine.prefill(enc, Q, cfg), engine.prefill(enc, Q, cfg.replace(empty_groups="drop"))
+    assert torch.equal(torch.bincount(keep.blocks[a.kept_visual], minlength=int(keep.blocks.max()) + 1),
+                       torch.bincount(drop.blocks[b.kept_visual], minlength=int(keep.blocks.max()) + 1))
+    assert b.stats["tokens"]["sequence_after_stage1"] == a.stats["tokens"]["sequence_after_stage1"] - drop.dropped_text
+
+
 def test_stage3_leaves_prefix_kept_and_suffix_in_every_layer(qm, paper):
     cfg = get_paper_config()
     pf = engine.prefill(paper, Q, cfg)

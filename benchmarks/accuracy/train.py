@@ -28,6 +28,9 @@ HERE = Path(__file__).resolve().parent
 CHECKPOINT = HERE / "checkpoint"                     # the committed model (read by evaluate and the test)
 CHECKPOINT_VARIED = HERE / "checkpoint_varied"       # committed too: CHECKPOINT fine-tuned with --varied (fair lines)
 REPLAY = HERE.parent / "models" / "oracle"             # where training writes by default (git-ignored)
+# per family (--family): the committed checkpoint and where training writes by default
+CHECKPOINTS = {"qwen2_5_vl": CHECKPOINT, "qwen3_vl": HERE / "checkpoint_qwen3_vl"}
+REPLAYS = {"qwen2_5_vl": REPLAY, "qwen3_vl": HERE.parent / "models" / "oracle_qwen3_vl"}
 TRAIN_SEED, VAL_SEED = 1000, 2          # the held-out set is data.HELD_OUT_SEED, used by nobody here
 
 # Curriculum: (fraction of the steps at which a stage starts, question types asked, scene mode of data.make_scene).
@@ -128,8 +131,11 @@ def _code_version() -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(REPLAY),
-                    help="checkpoint folder to write (replaced); the committed one is benchmarks/accuracy/checkpoint")
+    ap.add_argument("--family", default=M.DEFAULT_FAMILY, choices=sorted(M.FAMILY_SIZES),
+                    help="the architecture (model_type): Qwen2.5-VL (the first oracle) or Qwen3-VL with DeepStack")
+    ap.add_argument("--out", default="",
+                    help="checkpoint folder to write (replaced); default benchmarks/models/oracle[_qwen3_vl]; the "
+                         "committed ones are benchmarks/accuracy/checkpoint[_qwen3_vl]")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=8, help="scenes per step (each asked all its questions)")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -155,9 +161,12 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed)
-    out = Path(args.out)
-    sizes = {**M.SIZES, **json.loads(args.sizes or "{}")}
-    M.build(out, sizes=sizes, seed=args.seed)
+    out = Path(args.out or REPLAYS[args.family])
+    args.out = str(out)
+    if args.varied and args.family != M.DEFAULT_FAMILY:
+        ap.error("--varied trains the Qwen2.5-VL oracle only")
+    sizes = {**M.FAMILY_SIZES[args.family], **json.loads(args.sizes or "{}")}
+    M.build(out, sizes=sizes, seed=args.seed, family=args.family)
     if args.init:
         shutil.copy(Path(args.init) / "model.safetensors", out / "model.safetensors")
     qm = loader.load(str(out), dtype="fp32", device="cpu")

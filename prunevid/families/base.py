@@ -92,7 +92,9 @@ class VideoLLM:
 
     def block_layout(self, kind: str, groups: int, times: list | None) -> list:
         """The inside of one visual block of `groups` temporal groups, between its chat pieces: ("text", str) and
-        ("vision", first group, end group) pieces. One vision piece holding every group, by default."""
+        ("vision", first group, end group) pieces; ("text", str, g) is a text piece that belongs to group g alone
+        (left out with it when Stage 1 emptied it and empty_groups="drop"). One vision piece holding every group, by
+        default."""
         return [("vision", 0, groups)]
 
     def after_layer(self, index: int, hidden: torch.Tensor, seqs: list, visual: list) -> torch.Tensor:

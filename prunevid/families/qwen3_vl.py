@@ -53,13 +53,14 @@ class Qwen3VL(Qwen2VL):
 
     def block_layout(self, kind: str, groups: int, times: list | None) -> list:
         """An image: one wrapped block. A video: per group its timestamp (seconds, one decimal, as the processor
-        writes it) and its own <|vision_start|> ... <|vision_end|>."""
+        writes it) and its own <|vision_start|> ... <|vision_end|>, each text piece tagged with its group (the
+        engine leaves a group's pieces out when Stage 1 emptied it and config.empty_groups is "drop")."""
         if kind != "video":
             return [("text", "<|vision_start|>"), ("vision", 0, groups), ("text", "<|vision_end|>")]
         out = []
         for g in range(groups):
-            out += [("text", f"<{times[g]:.1f} seconds><|vision_start|>"), ("vision", g, g + 1),
-                    ("text", "<|vision_end|>")]
+            out += [("text", f"<{times[g]:.1f} seconds><|vision_start|>", g), ("vision", g, g + 1),
+                    ("text", "<|vision_end|>", g)]
         return out
 
     # ---- positions
