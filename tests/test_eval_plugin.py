@@ -111,7 +111,7 @@ def test_an_unknown_model_arg_is_a_one_line_error_naming_it(name):
     ({"dpc_knn_k": 2.5}, "model_arg dpc_knn_k=2.5: expected an integer"),
     ({"enable_stage2": "yes"}, "model_arg enable_stage2='yes': expected true or false"),
     ({"keep_ratio": 1.5}, "keep_ratio must be in (0, 1], got 1.5"),
-    ({"preset": "fast"}, "model_arg preset='fast': choose one of aggressive, baseline"),
+    ({"preset": "fast"}, "model_arg preset='fast': choose one of aggressive, attention_coverage, baseline"),
     ({"video_reader": "decord"}, "model_arg video_reader='decord': choose one of qwen_vl_utils, prunevid"),
     ({"min_pixels": 10 ** 6}, "model_arg min_pixels=1000000: must be in [1, max_pixels=200704]"),
     ({"batch_size": "two"}, "batch_size='two': expected a positive integer or auto"),
