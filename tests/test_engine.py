@@ -201,13 +201,8 @@ def uncached_reference_logits(qm, encoded, question, cfg, pf, new_ids, compresse
         return qm.model.lm_head(qm.language_model.norm(h))[0, -G - 1:]   # last prompt token + each fed token
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_cached_decoding_equals_uncached_reference(qm, clip, paper, preset):
-    """Every preset (Stage 3 where it compresses): the cached answer's logits equal one uncached pass."""
-    cfg = get_preset(preset)
-    encoded = paper if preset == "paper" else engine.encode(qm, clip, cfg)
+def assert_cached_equals_uncached(qm, encoded, cfg, compressed):
     pf = engine.prefill(encoded, Q, cfg)
-    compressed = cfg.enable_cache_compression and pf.pruning_layer >= 0
     if compressed:
         pf = stage3.compress(pf)
     out = engine.generate(pf, engine.SamplingParams(max_new_tokens=6), return_logits=True)
@@ -216,6 +211,15 @@ def test_cached_decoding_equals_uncached_reference(qm, clip, paper, preset):
     ref = uncached_reference_logits(qm, encoded, Q, cfg, pf, fed, compressed)
     assert out["logits"].shape == ref.shape
     assert (out["logits"] - ref).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_cached_decoding_equals_uncached_reference(qm, clip, paper, preset):
+    """Every preset (Stage 3 where it compresses): the cached answer's logits equal one uncached pass."""
+    cfg = get_preset(preset)
+    encoded = paper if preset == "paper" else engine.encode(qm, clip, cfg)
+    M = engine.prefill(encoded, Q, cfg).pruning_layer
+    assert_cached_equals_uncached(qm, encoded, cfg, cfg.enable_cache_compression and M >= 0)
 
 
 @pytest.mark.parametrize("compressed", [False, True])
@@ -224,17 +228,7 @@ def test_cached_decoding_equals_uncached_reference_at_m(qm, paper, compressed, M
     """M = 1 selects before the tiny Qwen3-VL's last DeepStack layer (2): the later level goes to the kept tokens only."""
     if M not in qm.attention_layers and M != 10:       # Qwen3.5: layer 1 is linear (test_qwen3_5.py uses M = 3)
         pytest.skip(f"{qm.display_name} selects only at a full-attention layer {qm.attention_layers}")
-    cfg = get_paper_config(pruning_layer=M)
-    pf = engine.prefill(paper, Q, cfg)
-    encoded = paper
-    if compressed:
-        pf = stage3.compress(pf)
-    out = engine.generate(pf, engine.SamplingParams(max_new_tokens=6), return_logits=True)
-    fed = out["ids"][:-1]                      # every generated token but the last was fed back
-    assert len(fed) >= 1
-    ref = uncached_reference_logits(qm, encoded, Q, cfg, pf, fed, compressed)
-    assert out["logits"].shape == ref.shape
-    assert (out["logits"] - ref).abs().max() <= 1e-4
+    assert_cached_equals_uncached(qm, paper, get_paper_config(pruning_layer=M), compressed)
 
 
 def test_empty_groups_drop_leaves_only_their_text_out(qm, clip):

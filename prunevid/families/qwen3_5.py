@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import adapter, placement
+from .. import adapter
 from .. import positions as P
 from ..errors import ConfigError
+from .qwen2_vl import Qwen2VL
 from .qwen3_vl import Qwen3VL
 
 PRESET_M = 10    # the presets' pruning_layer (PruneVidConfig's default): mapped, not refused (pruning_layer below)
@@ -38,15 +39,8 @@ class Qwen35(Qwen3VL):
     # ---- vision: no DeepStack
 
     def visual_streams(self, pixel_values: torch.Tensor, grid_thw: tuple) -> tuple:
-        return self.vision_features(pixel_values, grid_thw), []
-
-    def vision_features(self, pixel_values: torch.Tensor, grid_thw: tuple) -> torch.Tensor:
-        """The tower with its 2x2 merger: [t, h/2 * w/2, D] LLM tokens per temporal group, raster order."""
-        visual = self.model.model.visual
-        dev = placement.execution_device(visual)
-        out = adapter.vision_output(visual(pixel_values.to(dev, visual.dtype),
-                                           grid_thw=torch.tensor([grid_thw]).to(dev)))
-        return out.reshape(grid_thw[0], -1, out.shape[-1])
+        """The tower with its one merger (Qwen2-VL's path: the output is the LLM tokens, no DeepStack levels)."""
+        return Qwen2VL.vision_features(self, pixel_values, grid_thw), []
 
     # ---- which layers attend
 
