@@ -159,7 +159,9 @@ def test_make_tiny_model_command(tmp_path, capsys):
 def test_every_family_from_the_cli_and_the_api(model_type, tmp_path, capsys):
     """--model takes a checkpoint of any family (the family read from config.json); make-tiny-model builds each;
     an unknown family is one line naming the supported ones."""
-    from prunevid.families import family
+    from prunevid.families import FAMILIES as CLASSES, family, unavailable
+    if unavailable(CLASSES[model_type]):
+        pytest.skip(unavailable(CLASSES[model_type]))          # Qwen3.5 on transformers 4.57
     cls = family(model_type)
     assert cli.main(["make-tiny-model", str(tmp_path / "m"), "--family", model_type]) == 0
     assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == model_type
